@@ -1,0 +1,6 @@
+"""Data sources: the dataset contract, registered datasets and image I/O."""
+
+from breastgan.data.base import DATASETS, DatasetInfo, ImageDataset, TensorDataset, build_dataset
+
+__all__ = ["DATASETS", "DatasetInfo", "ImageDataset", "TensorDataset", "build_dataset"]
+

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from breastgan.cli.common import err_console, friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly_errors
+    def generate(
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder (created); gets one file per image plus manifest.json."),
+        run: Optional[Path] = typer.Option(None, "--run", help="A breastgan run directory (or one of its checkpoint directories)."),
+        package: Optional[Path] = typer.Option(None, "--package", help="An exported generator package."),
+        n: int = typer.Option(1000, "-n", min=1, help="Number of images."),
+        seed: int = typer.Option(0, help="Seed: the same seed always gives the same images."),
+        label: Optional[str] = typer.Option(None, help="Class for conditional generators (name or index); default: drawn uniformly."),
+        fmt: str = typer.Option("png", "--format", help="png or npy (float32)."),
+        bit_depth: int = typer.Option(16, help="PNG bit depth: 8 or 16."),
+        checkpoint: str = typer.Option("latest", help="'latest', 'best' or a step number."),
+        snapshots: Optional[str] = typer.Option(None, help="Snapshot ensemble: 'all' or comma-separated epochs (e.g. 500,550)."),
+        raw: bool = typer.Option(False, "--raw", help="Use the raw generator weights instead of the EMA weights."),
+        batch_size: int = typer.Option(64, min=1),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+    ) -> None:
+        """Write synthetic images from a trained run or a generator package."""
+        from breastgan.generation import load_generator
+        from breastgan.generation.distributed import generate_distributed
+
+        if (run is None) == (package is None):
+            raise typer.BadParameter("give exactly one of --run or --package")
+        snaps = None if snapshots is None else ("all" if snapshots == "all" else [int(s) for s in snapshots.split(",")])
+        ckpt = checkpoint if checkpoint in ("latest", "best") else int(checkpoint)
+        gen = load_generator(run or package, checkpoint=ckpt, ema=not raw, snapshots=snaps, device=device)
+        lab = None if label is None else (int(label) if label.isdigit() else label)
+        count = generate_distributed(gen, out, n=n, seed=seed, labels=lab, fmt=fmt, bit_depth=bit_depth, batch_size=batch_size)
+        if count is not None:
+            err_console.print(f"wrote {count} images to {out}")

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from breastgan.cli.common import err_console, friendly_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @friendly_errors
+    def train(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run configuration (see configs/). Default: DCGAN on built-in phantom patches."),
+        set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: --set train.max_steps=500 --set loss.name=hinge (repeatable)."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory from its latest checkpoint (exact continuation)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run here instead of <output_dir>/<name>-<timestamp>."),
+    ) -> None:
+        """Train a GAN and write a run directory (config, checkpoints, sample grids, logs).
+
+        Works the same under torchrun: `torchrun --nproc_per_node=2 -m breastgan train --config ...`.
+        """
+        from breastgan.training.trainer import train as train_api
+
+        if resume is not None and config is not None:
+            raise typer.BadParameter("use either --config (new run) or --resume (existing run), not both")
+        result = train_api(config, overrides=set_, run_dir=run_dir, resume=resume)
+        err_console.print(f"run directory: {result.run_dir}  (step {result.step}, epoch {result.epoch}{', stopped early' if result.stopped_early else ''})")

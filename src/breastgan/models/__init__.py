@@ -1,0 +1,11 @@
+"""Generator and discriminator registries.
+
+Every architecture is a module that registers its classes with an argument model. Later recipes
+(progressive GAN, dm-GAN, CycleGAN/pix2pix, DGAN-WP-TL) add modules here; the training loop only
+relies on the small :class:`GeneratorBase` / discriminator call contract below.
+"""
+
+from breastgan.models.registry import DISCRIMINATORS, GENERATORS, GeneratorBase, build_discriminator, build_generator
+from breastgan.models import dcgan  # noqa: F401  (registers dcgan, wgan_gp_critic)
+
+__all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorBase", "build_generator", "build_discriminator"]

@@ -4,3 +4,5 @@ from breastgan.data.base import DATASETS, DatasetInfo, ImageDataset, TensorDatas
 
 __all__ = ["DATASETS", "DatasetInfo", "ImageDataset", "TensorDataset", "build_dataset"]
 
+
+import breastgan.data.prepared  # noqa: E402,F401  (registers the "prepared" dataset)

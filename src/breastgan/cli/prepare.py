@@ -1,0 +1,40 @@
+"""``breastgan prepare``: raw dataset -> prepared dataset folder (or only the preflight scan)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("prepare")
+    def prepare_command(
+        config: Path = typer.Option(..., "--config", "-c", help="prepare YAML config (see configs/prepare/)"),
+        check: bool = typer.Option(False, "--check", help="only run the preflight scan of every input file"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="override a config key, e.g. --set workers=1 --set mode=lenient"),
+    ) -> None:
+        """Turn a raw dataset into a prepared dataset folder: images, manifest, preflight report, summary."""
+        from rich.console import Console
+
+        from breastgan.data.prepare import PrepareError, load_config, prepare
+
+        console = Console(stderr=True)
+        try:
+            cfg = load_config(config, set_ or [])
+            summary = prepare(cfg, check_only=check)
+        except (PrepareError, ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]prepare failed:[/red] {exc}")
+            raise typer.Exit(code=1) from None
+        s = summary.as_dict()
+        console.print(
+            f"{'preflight' if check else 'prepared'} {s['inputs']} input file(s): {s['ok']} ok, {s['warnings']} with warnings, "
+            f"{s['excluded']} excluded -> {s['output']}"
+        )
+        for ex in s["excluded_files"][:20]:
+            console.print(f"  excluded {ex['file']}: {ex['reason']}")
+        typer.echo(json.dumps({k: s[k] for k in ("items", "counts_by_label", "counts_by_split", "patients_by_split", "excluded")}, indent=2))
+        if s["excluded"] and check:
+            raise typer.Exit(code=2)

@@ -1,0 +1,179 @@
+"""Patient-level, label-stratified, near-duplicate-aware splits; reduced training sets; shards.
+
+The unit of assignment is a connected group of images: images sharing a patient, or linked by a
+near-duplicate relation, always land in the same split (otherwise the test set leaks). Everything
+is a pure function of its inputs and the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    item_id: str
+    patient_id: str
+    label: str
+    group: str | None = None  # near-duplicate group; None when the image has no near-duplicate
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def split_units(items: Sequence[SplitItem]) -> dict[str, str]:
+    """item id -> unit id, where a unit joins all images of one patient and of one near-duplicate group."""
+    uf = _UnionFind()
+    for it in items:
+        uf.union(f"item:{it.item_id}", f"patient:{it.patient_id}")
+        if it.group:
+            uf.union(f"item:{it.item_id}", f"group:{it.group}")
+    return {it.item_id: uf.find(f"item:{it.item_id}") for it in items}
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> None:
+    if not fractions or any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {dict(fractions)}")
+
+
+def _unit_label(labels: Iterable[str]) -> str:
+    counts = Counter(labels)
+    return sorted(counts, key=lambda k: (-counts[k], k))[0]
+
+
+def _rng(seed: int, *salt: str) -> np.random.Generator:
+    digest = hashlib.sha256(("\x00".join((str(seed),) + salt)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def assign_splits(items: Sequence[SplitItem], fractions: Mapping[str, float], seed: int = 0) -> dict[str, str]:
+    """item id -> split name. Stratified by each unit's majority label, balanced by image count.
+
+    Within each label stratum, units are shuffled (seeded) and placed largest first into the split
+    furthest below its target share of that stratum's images.
+    """
+    _check_fractions(fractions)
+    unit_of = split_units(items)
+    members: dict[str, list[SplitItem]] = defaultdict(list)
+    for it in items:
+        members[unit_of[it.item_id]].append(it)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for unit in sorted(members):
+        strata[_unit_label(i.label for i in members[unit])].append(unit)
+    names = list(fractions)
+    out: dict[str, str] = {}
+    for label in sorted(strata):
+        units = strata[label]
+        order = _rng(seed, "split", label).permutation(len(units))
+        units = sorted((units[i] for i in order), key=lambda u: -len(members[u]))  # stable: shuffle order kept among equal sizes
+        total = sum(len(members[u]) for u in units)
+        assigned = dict.fromkeys(names, 0)
+        for u in units:
+            best = max(names, key=lambda s: (fractions[s] * total - assigned[s], fractions[s]))
+            assigned[best] += len(members[u])
+            for it in members[u]:
+                out[it.item_id] = best
+    return out
+
+
+def reduced_training_subset(items: Sequence[SplitItem], splits: Mapping[str, str], fraction: float, seed: int = 0, train: str = "train") -> set[str]:
+    """Item ids of a ``fraction`` of the training units (patients/groups), stratified by label."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    train_items = [it for it in items if splits.get(it.item_id) == train]
+    if fraction == 1.0:
+        return {it.item_id for it in train_items}
+    unit_of = split_units(train_items)
+    members: dict[str, list[SplitItem]] = defaultdict(list)
+    for it in train_items:
+        members[unit_of[it.item_id]].append(it)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for unit in sorted(members):
+        strata[_unit_label(i.label for i in members[unit])].append(unit)
+    keep: set[str] = set()
+    for label in sorted(strata):
+        units = strata[label]
+        k = max(1, int(round(fraction * len(units))))
+        for i in _rng(seed, "reduce", label).permutation(len(units))[:k]:
+            keep.update(it.item_id for it in members[units[i]])
+    return keep
+
+
+def assign_shards(values: Mapping[str, object], n_shards: int, reference_ids: Iterable[str] | None = None) -> dict[str, int]:
+    """item id -> shard in [0, n_shards), by a manifest column (dm-GAN shards by breast size).
+
+    Numeric columns: quantile bins computed on ``reference_ids`` (the training items), so each
+    training shard holds about the same number of images. Other columns: one shard per distinct
+    value in sorted order, wrapped modulo ``n_shards``.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    ref = list(reference_ids) if reference_ids is not None else list(values)
+    try:
+        numeric = {k: float(v) for k, v in values.items()}  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        numeric = None
+    if numeric is not None:
+        ref_vals = np.array([numeric[k] for k in ref if k in numeric]) if ref else np.array(list(numeric.values()))
+        if ref_vals.size == 0:
+            ref_vals = np.array(list(numeric.values()))
+        edges = np.quantile(ref_vals, np.linspace(0, 1, n_shards + 1)[1:-1]) if n_shards > 1 else np.array([])
+        return {k: int(np.searchsorted(edges, v, side="right")) for k, v in numeric.items()}
+    distinct = sorted({str(v) for v in values.values()})
+    index = {v: i % n_shards for i, v in enumerate(distinct)}
+    return {k: index[str(v)] for k, v in values.items()}
+
+
+def near_duplicate_groups(
+    ids: Sequence[str],
+    hashes: np.ndarray | None = None,
+    thumbnails: np.ndarray | None = None,
+    max_hamming: int = 4,
+    min_correlation: float = 0.97,
+) -> dict[str, str]:
+    """id -> group id for images with at least one near-duplicate.
+
+    Two images are linked when their 64-bit perceptual hashes differ in at most ``max_hamming``
+    bits, or when their small grey thumbnails correlate at ``min_correlation`` or more (which catches
+    crops the hash misses). Links are transitive; the group id is its smallest member id.
+    """
+    n = len(ids)
+    uf = _UnionFind()
+    if hashes is not None and n:
+        h = np.asarray(hashes, dtype=np.uint64)
+        for i in range(n - 1):
+            x = np.bitwise_xor(h[i + 1 :], h[i])
+            dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+            for j in np.flatnonzero(dist <= max_hamming):
+                uf.union(ids[i], ids[i + 1 + int(j)])
+    if thumbnails is not None and n:
+        t = np.asarray(thumbnails, dtype=np.float64).reshape(n, -1)
+        t = t - t.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(t, axis=1, keepdims=True)
+        t = t / np.where(norms > 0, norms, 1.0)
+        corr = t @ t.T
+        ii, jj = np.nonzero(np.triu(corr >= min_correlation, k=1))
+        for i, j in zip(ii, jj):
+            uf.union(ids[int(i)], ids[int(j)])
+    roots = {i: uf.find(i) for i in ids}
+    sizes = Counter(roots.values())
+    return {i: r for i, r in roots.items() if sizes[r] > 1}

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from breastgan.registry import ConfigArgumentError, Registry, RegistryError
 
@@ -26,38 +26,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _component(registry_getter, key: str):
-    """Build a pydantic model for ``{<key>: name, **options}`` validated against a registry."""
+class _ComponentBase(BaseModel):
+    """``{<key>: name, **options}``; options are validated against the registered component."""
 
-    class Component(BaseModel):
-        model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow")
+    _key: ClassVar[str]
+    _registry: ClassVar[Any]
 
-        @model_validator(mode="after")
-        def _check(self) -> "Component":
-            registry: Registry = registry_getter()
-            name = getattr(self, key)
-            try:
-                entry = registry.entry(name)
-            except RegistryError as exc:
-                raise ValueError(str(exc)) from None
-            try:
-                entry.validate_args(self.model_extra or {})
-            except ConfigArgumentError as exc:
-                raise ValueError(str(exc)) from None
-            return self
+    @model_validator(mode="after")
+    def _check(self) -> "_ComponentBase":
+        registry: Registry = type(self)._registry()
+        try:
+            entry = registry.entry(self.component)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        try:
+            entry.validate_args(self.args)
+        except ConfigArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
-        @property
-        def name(self) -> str:
-            return getattr(self, key)
+    @property
+    def component(self) -> str:
+        """The registered name this spec selects."""
+        return getattr(self, type(self)._key)
 
-        @property
-        def args(self) -> dict[str, Any]:
-            return dict(self.model_extra or {})
+    @property
+    def args(self) -> dict[str, Any]:
+        """The component's options (everything but the selecting key)."""
+        return dict(self.model_extra or {})
 
-        def validated_args(self) -> BaseModel:
-            return registry_getter().entry(self.name).validate_args(self.args)
+    def validated_args(self) -> BaseModel:
+        return type(self)._registry().entry(self.component).validate_args(self.args)
 
-    return Component
+
+def _component(registry_getter, key: str, model_name: str):
+    model = create_model(model_name, __base__=_ComponentBase, **{key: (str, ...)})
+    model._key = key
+    model._registry = staticmethod(registry_getter)
+    return model
 
 
 def _datasets() -> Registry:
@@ -96,13 +103,13 @@ def _callbacks() -> Registry:
     return EVAL_CALLBACKS
 
 
-DatasetSpec = _component(_datasets, "dataset")
-GeneratorSpec = _component(_generators, "arch")
-DiscriminatorSpec = _component(_discriminators, "arch")
-LossSpec = _component(_losses, "name")
+DatasetSpec = _component(_datasets, "dataset", "DatasetSpec")
+GeneratorSpec = _component(_generators, "arch", "GeneratorSpec")
+DiscriminatorSpec = _component(_discriminators, "arch", "DiscriminatorSpec")
+LossSpec = _component(_losses, "name", "LossSpec")
 
 
-class EvalSpec(_component(_callbacks, "metric")):  # type: ignore[misc]
+class EvalSpec(_component(_callbacks, "metric", "EvalSpecBase")):  # type: ignore[misc]
     model_config = ConfigDict(extra="allow")
     every: int = Field(500, ge=1, description="run the callback every this many generator steps")
 
@@ -200,7 +207,7 @@ class RunConfig(Strict):
 
         loss_entry = LOSSES.entry(self.loss.name)
         d_args = self.model.discriminator.args
-        if getattr(loss_entry.obj, "uses_gradient_penalty", False) and d_args.get("norm", "batch") == "batch" and self.model.discriminator.name == "dcgan":
+        if getattr(loss_entry.obj, "uses_gradient_penalty", False) and d_args.get("norm", "batch") == "batch" and self.model.discriminator.component == "dcgan":
             raise ValueError(
                 "model.discriminator.norm: batch norm is invalid with a gradient penalty (the penalty is per-sample); "
                 "use norm: layer | instance | none, or arch: wgan_gp_critic"

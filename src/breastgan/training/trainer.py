@@ -89,7 +89,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
 
         # data -------------------------------------------------------------------------------
-        self.dataset: ImageDataset = build_dataset(config.data.source.name, config.data.source.args)
+        self.dataset: ImageDataset = build_dataset(config.data.source.component, config.data.source.args)
         info = self.dataset.info
         self.num_classes = info.num_classes if config.data.conditional else 0
         if config.data.conditional and info.num_classes < 2:
@@ -107,8 +107,8 @@ class Trainer:
         else:
             derived_size = info.image_size[0]
         derived = {"image_size": derived_size, "channels": info.channels, "num_classes": self.num_classes}
-        self.g_spec = {"arch": config.model.generator.name, "args": resolve_args(GENERATORS, config.model.generator.name, config.model.generator.args, derived, "model.generator")}
-        self.d_spec = {"arch": config.model.discriminator.name, "args": resolve_args(DISCRIMINATORS, config.model.discriminator.name, config.model.discriminator.args, derived, "model.discriminator")}
+        self.g_spec = {"arch": config.model.generator.component, "args": resolve_args(GENERATORS, config.model.generator.component, config.model.generator.args, derived, "model.generator")}
+        self.d_spec = {"arch": config.model.discriminator.component, "args": resolve_args(DISCRIMINATORS, config.model.discriminator.component, config.model.discriminator.args, derived, "model.discriminator")}
         torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
         self.G = GENERATORS.get(self.g_spec["arch"])(**self.g_spec["args"]).to(self.device)
         self.D = DISCRIMINATORS.get(self.d_spec["arch"])(**self.d_spec["args"]).to(self.device)

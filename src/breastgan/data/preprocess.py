@@ -46,8 +46,11 @@ def otsu_threshold(img: np.ndarray, bins: int = 256) -> float:
     m0 = np.cumsum(hist * centres)
     mu0 = m0 / np.maximum(w0, 1)
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
+    between = (w0 * w1 * (mu0 - mu1) ** 2)[:-1]
+    # empty bins between two modes give a plateau of equal maxima: take its middle, not its start
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    k = (int(best[0]) + int(best[-1])) // 2
+    return float(edges[k + 1])  # class 0 is bins 0..k: the threshold is the upper edge of bin k
 
 
 def segment_breast(img: np.ndarray, threshold: float | None = None, threshold_scale: float = 0.5, opening_px: int = 5) -> np.ndarray:

@@ -7,3 +7,4 @@ __all__ = ["DATASETS", "DatasetInfo", "ImageDataset", "TensorDataset", "build_da
 
 import breastgan.data.prepared  # noqa: E402,F401  (registers the "prepared" dataset)
 import breastgan.data.phantom  # noqa: E402,F401  (registers the built-in "phantom" dataset)
+import breastgan.data.image_folder  # noqa: E402,F401  (registers the "image_folder" dataset)

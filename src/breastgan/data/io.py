@@ -46,6 +46,21 @@ def _rgb_to_grey(arr: np.ndarray, path: Path, rgb_policy: str) -> np.ndarray:
     return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
 
 
+def _refuse_truncating_colour_decode(im: Image.Image, path: Path) -> None:
+    """Pillow has no 16-bit colour mode: it decodes 48/64-bit PNG and 16-bit PPM colour to 8 bits."""
+    if im.mode not in ("RGB", "RGBA", "LA", "PA"):
+        return
+    for tile in im.tile:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+        maxval = args[1] if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) else 0
+        if ";16" in str(rawmode) or maxval > 255:
+            raise ImageReadError(
+                f"{path}: 16-bit colour image; Pillow would silently reduce it to 8 bits per channel. "
+                "Convert it to 16-bit greyscale (or a 16-bit RGB TIFF, read with tifffile) first"
+            )
+
+
 def read_image(path: str | Path, *, rgb_policy: str = "luma") -> DecodedImage:
     """Decode a PNG/TIFF/PGM/JPEG/.npy image to float32 [0, 1] greyscale, keeping 16-bit precision.
 
@@ -66,6 +81,7 @@ def read_image(path: str | Path, *, rgb_policy: str = "luma") -> DecodedImage:
             mode = str(arr.dtype)
         else:
             with Image.open(path) as im:
+                _refuse_truncating_colour_decode(im, path)
                 im.load()
                 mode = im.mode
                 if mode == "P":
@@ -79,7 +95,11 @@ def read_image(path: str | Path, *, rgb_policy: str = "luma") -> DecodedImage:
         raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 
     converted = False
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha: accept only an opaque (constant) alpha
+        if not np.all(arr[..., 1] == arr[..., 1].max()):
+            raise ImageReadError(f"{path}: grey+alpha image with a non-constant alpha channel; flatten it first")
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
         converted = True
     elif arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -106,9 +126,8 @@ def read_image(path: str | Path, *, rgb_policy: str = "luma") -> DecodedImage:
     out = arr.astype(np.float32) / np.float32(scale)
     if converted:
         out = _rgb_to_grey(out, path, rgb_policy).astype(np.float32)
-    if suffix in (".pgm", ".pnm") and bits == 8:
-        # PGM maxval below 255 (e.g. 4095 is 16-bit, handled above) is rescaled by Pillow already
-        pass
+    # PGM with maxval other than 255/65535 (e.g. 4095) needs nothing here: Pillow rescales it to the
+    # full 8- or 16-bit range on decode.
     return DecodedImage(np.ascontiguousarray(out), bits, mode, converted)
 
 

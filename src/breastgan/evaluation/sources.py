@@ -1,0 +1,170 @@
+"""Image sources for evaluation: tensors, folders, datasets and generators behind one interface.
+
+A source yields (B, 1, H, W) float32 batches in [0, 1] and has a content fingerprint, so that cached
+real-set statistics are reused only for exactly the same images. This is the I/O edge of the
+evaluation package; every metric below it is a pure function on tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from breastgan.data.base import hash_tensor
+from breastgan.data.io import IMAGE_SUFFIXES, read_image
+
+
+@dataclass
+class ImageSource:
+    """``n`` images from somewhere, read in batches; ``describe()`` says where they came from."""
+
+    kind: str
+    location: str
+    n: int
+    _read: Callable[[int, int], torch.Tensor]  # (start, stop) -> (stop - start, 1, H, W)
+    _fingerprint: Callable[[], str]
+    info: dict[str, Any] = field(default_factory=dict)
+    _fp_cache: str | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.n, batch_size):
+            yield self._read(start, min(self.n, start + batch_size))
+
+    def load(self) -> torch.Tensor:
+        """All images at once: for pixel metrics that need random access (bounded by ``n``)."""
+        return self._read(0, self.n)
+
+    def fingerprint(self) -> str:
+        if self._fp_cache is None:
+            self._fp_cache = self._fingerprint()
+        return self._fp_cache
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "location": self.location, "n": self.n, **self.info}
+
+
+def _check_images(x: torch.Tensor, where: str) -> torch.Tensor:
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"{where}: expected (N, 1, H, W) grey images, got shape {tuple(x.shape)}")
+    x = x.float()
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{where}: pixel values must lie in [0, 1] (got {lo:.4g}..{hi:.4g}); map [-1, 1] outputs with (x + 1) / 2")
+    return x.clamp(0, 1)
+
+
+def from_tensor(images: torch.Tensor, n: int | None = None, name: str = "tensor") -> ImageSource:
+    images = _check_images(images.detach().cpu(), name)
+    images = images[: n or images.shape[0]]
+    return ImageSource("tensor", name, images.shape[0], lambda a, b: images[a:b], lambda: hash_tensor(images).hexdigest())
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def from_folder(folder: str | Path, n: int | None = None, seed: int = 0) -> ImageSource:
+    """Images in ``folder`` (recursively). With ``n`` smaller than the count, a seeded random subset."""
+    folder = Path(folder)
+    files = list_image_files(folder)
+    if n is not None and n < len(files):
+        g = torch.Generator().manual_seed(seed)
+        files = [files[int(i)] for i in torch.randperm(len(files), generator=g)[:n].sort().values]
+    bit_depths: set[int] = set()
+
+    def read(a: int, b: int) -> torch.Tensor:
+        out = []
+        for p in files[a:b]:
+            img = read_image(p)
+            bit_depths.add(img.bit_depth)
+            out.append(torch.from_numpy(img.pixels)[None])
+        shapes = {tuple(t.shape) for t in out}
+        if len(shapes) > 1:
+            raise ValueError(f"{folder}: images have different sizes {sorted(shapes)}; resize them to one size first")
+        return torch.stack(out)
+
+    def fingerprint() -> str:
+        h = hashlib.sha256(b"folder-v1")
+        for p in files:
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()
+
+    return ImageSource("folder", str(folder), len(files), read, fingerprint, {"bit_depths_seen": bit_depths})
+
+
+def from_dataset(dataset: Any, n: int | None = None, seed: int = 0, name: str | None = None) -> ImageSource:
+    """Any object with the dataset contract: ``len``, ``ds[i] -> ((1, H, W) [0, 1], label)``, ``fingerprint()``."""
+    total = len(dataset)
+    if n is not None and n < total:
+        g = torch.Generator().manual_seed(seed)
+        index = torch.randperm(total, generator=g)[:n].sort().values.tolist()
+    else:
+        index = list(range(total))
+    label = name or getattr(getattr(dataset, "info", None), "name", type(dataset).__name__)
+
+    def read(a: int, b: int) -> torch.Tensor:
+        return _check_images(torch.stack([dataset[i][0] for i in index[a:b]]), str(label))
+
+    def fingerprint() -> str:
+        h = hashlib.sha256(str(dataset.fingerprint()).encode())
+        h.update(str(index if len(index) < total else "all").encode())
+        return h.hexdigest()
+
+    return ImageSource("dataset", str(label), len(index), read, fingerprint)
+
+
+def from_generator(generator: Any, n: int | None, seed: int = 0, name: str = "generator", labels: Any = None) -> ImageSource:
+    """``generator.sample(n, seed=..., labels=...)``; batch k uses seed ``seed + k`` so runs are reproducible."""
+    if n is None:
+        raise ValueError(f"{name}: sampling from a generator needs a sample count n")
+
+    def read(a: int, b: int) -> torch.Tensor:
+        x = generator.sample(b - a, seed=seed + a, labels=labels)
+        return _check_images(torch.as_tensor(x).detach().cpu(), name)
+
+    def fingerprint() -> str:
+        return hashlib.sha256(f"{name}|{n}|{seed}".encode()).hexdigest()
+
+    return ImageSource("generator", name, n, read, fingerprint, {"seed": seed})
+
+
+def is_run_or_package(path: Path) -> bool:
+    """A breastgan run directory (has checkpoints/) or exported generator package (has manifest.json)."""
+    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
+
+
+def resolve_source(obj: Any, n: int | None = None, seed: int = 0, role: str = "images") -> ImageSource:
+    """Turn a tensor, folder, run directory, generator package, dataset or generator into an :class:`ImageSource`."""
+    if isinstance(obj, ImageSource):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return from_tensor(obj, n, role)
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: --{role} path does not exist")
+        if is_run_or_package(path):
+            from breastgan import load_generator  # lazily: generation is an optional, separately built part
+
+            if n is None:
+                raise ValueError(f"{path}: a generator needs a sample count (--n)")
+            return from_generator(load_generator(path), n, seed, name=str(path))
+        if path.is_dir():
+            return from_folder(path, n, seed)
+        raise ValueError(f"{path}: expected a folder of images, a run directory or a generator package")
+    if hasattr(obj, "sample") and callable(obj.sample):
+        return from_generator(obj, n, seed, name=type(obj).__name__)  # type: ignore[arg-type]
+    if hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "fingerprint"):
+        return from_dataset(obj, n, seed)
+    raise TypeError(f"{role}: cannot evaluate an object of type {type(obj).__name__}; pass a tensor, a folder, a run or a dataset")

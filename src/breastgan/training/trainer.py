@@ -115,6 +115,10 @@ class Trainer:
         if t.channels_last:
             self.G, self.D = self.G.to(memory_format=torch.channels_last), self.D.to(memory_format=torch.channels_last)
         if t.sync_batchnorm and ctx.distributed:
+            if self.device.type == "cpu":
+                # torch's SyncBatchNorm raises deep inside the first forward on CPU tensors; say it up front
+                raise ConfigError("train.sync_batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on CPU/gloo); "
+                                  "set it to false, or use per-sample norms (norm: layer | instance) for CPU runs")
             self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
             self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
         self.ema = EMA(self.G, t.ema.decay, t.ema.start_step)
@@ -263,7 +267,7 @@ class Trainer:
 
     def _check_finite(self, loss: torch.Tensor, what: str) -> None:
         if not torch.isfinite(loss).item():
-            raise NonFiniteError(f"{what} is {float(loss)} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+            raise NonFiniteError(f"{what} is {float(loss.detach())} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> RunResult:
@@ -284,10 +288,12 @@ class Trainer:
                         self._end_epoch()
                         continue
                     try:
-                        stats = self.d_step()
-                        self.batch_in_epoch += 1
-                        if self.d_iters % t.n_critic == 0:
-                            stats.update(self.g_step())
+                        # DDP all-reduces gradients inside backward(): a lost peer surfaces here
+                        with self.ctx.collective_errors("training step"):
+                            stats = self.d_step()
+                            self.batch_in_epoch += 1
+                            if self.d_iters % t.n_critic == 0:
+                                stats.update(self.g_step())
                     except NonFiniteError as exc:
                         self._handle_nonfinite(exc)
                         sums, count = {}, 0
@@ -318,6 +324,8 @@ class Trainer:
                         self.log.warning(f"stop requested (signal) at step {self.step}: writing a final checkpoint")
                         stopped_early = True
                         break
+            if self.batch_in_epoch >= self.plan.batches_per_epoch:
+                self._end_epoch()  # the last step completed an epoch: count it (and snapshot it)
             if self.ckpt.latest() is None or self.ckpt.latest().step != self.step:
                 self._checkpoint()
             if self.ctx.is_main:
@@ -347,9 +355,10 @@ class Trainer:
                 f"{exc}. Training stopped{why}; no checkpoint was written with non-finite values. "
                 "Try a lower learning rate, gradient penalty, or train.nonfinite=rollback."
             ) from None
-        self.rollbacks += 1
-        self.log.warning(f"{exc}; rolling back to checkpoint step {latest.step} (roll-back {self.rollbacks}/{t.max_rollbacks})")
+        rollbacks = self.rollbacks + 1
+        self.log.warning(f"{exc}; rolling back to checkpoint step {latest.step} (roll-back {rollbacks}/{t.max_rollbacks})")
         self._restore(latest.path)
+        self.rollbacks = rollbacks  # the restored state predates this roll-back
         # a different random stream, or the same batch and noise would reproduce the same blow-up
         self.rng.manual_seed(t.seed + 1_000_003 * self.rollbacks + self.step)
 

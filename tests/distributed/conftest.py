@@ -43,7 +43,9 @@ def torchrun_cmd(nproc: int, *args: str, module: bool = False) -> list[str]:
     """``torchrun --nproc_per_node=N`` (as ``python -m torch.distributed.run``) on a free localhost port."""
     launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
               "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
-    target = ["-m", "breastgan"] if module else [str(TOY_CLI)]
+    # "--" ends torchrun's own options: without it, Python 3.11's argparse rejects breastgan's
+    # ``--run`` as an ambiguous abbreviation of torchrun's ``--run-path`` (docs/distributed.md)
+    target = ["-m", "breastgan", "--"] if module else [str(TOY_CLI)]
     return launch + target + list(args)
 
 

@@ -44,6 +44,13 @@ class RunningStats:
         self.sum += f.sum(0)
         self.outer += f.T @ f
 
+    def all_reduce(self, ctx) -> "RunningStats":
+        """Sum the statistics of all processes (each extracted its own share of the images); every
+        rank then holds the totals, equal to one process's up to float64 summation order.
+        ``ctx``: a :class:`breastgan.distributed.DistContext` (a no-op in a single process)."""
+        self.sum, self.outer, self.n = ctx.reduce_feature_moments(self.sum, self.outer, self.n)
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         return self.sum / self.n

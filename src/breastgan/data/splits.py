@@ -121,8 +121,8 @@ def reduced_training_subset(items: Sequence[SplitItem], splits: Mapping[str, str
 def assign_shards(values: Mapping[str, object], n_shards: int, reference_ids: Iterable[str] | None = None) -> dict[str, int]:
     """item id -> shard in [0, n_shards), by a manifest column (dm-GAN shards by breast size).
 
-    Numeric columns: quantile bins computed on ``reference_ids`` (the training items), so each
-    training shard holds about the same number of images. Other columns: one shard per distinct
+    Numeric columns: ``reference_ids`` (the training items) sorted by value and cut into equal-count
+    shards; other items go to the shard whose value range contains them. Other columns: one shard per distinct
     value in sorted order, wrapped modulo ``n_shards``.
     """
     if n_shards < 1:
@@ -133,11 +133,15 @@ def assign_shards(values: Mapping[str, object], n_shards: int, reference_ids: It
     except (TypeError, ValueError):
         numeric = None
     if numeric is not None:
-        ref_vals = np.array([numeric[k] for k in ref if k in numeric]) if ref else np.array(list(numeric.values()))
-        if ref_vals.size == 0:
-            ref_vals = np.array(list(numeric.values()))
-        edges = np.quantile(ref_vals, np.linspace(0, 1, n_shards + 1)[1:-1]) if n_shards > 1 else np.array([])
-        return {k: int(np.searchsorted(edges, v, side="right")) for k, v in numeric.items()}
+        # reference items: equal-count shards by rank (ties broken by id, so equal sizes still split);
+        # other items: the shard whose value range contains them
+        ranked = sorted((k for k in ref if k in numeric), key=lambda k: (numeric[k], k)) or sorted(numeric, key=lambda k: (numeric[k], k))
+        out = {k: min(n_shards - 1, i * n_shards // len(ranked)) for i, k in enumerate(ranked)}
+        edges = [numeric[ranked[min(len(ranked) - 1, (j * len(ranked)) // n_shards)]] for j in range(1, n_shards)]
+        for k, v in numeric.items():
+            if k not in out:
+                out[k] = int(np.searchsorted(np.asarray(edges), v, side="right"))
+        return out
     distinct = sorted({str(v) for v in values.values()})
     index = {v: i % n_shards for i, v in enumerate(distinct)}
     return {k: index[str(v)] for k, v in values.items()}

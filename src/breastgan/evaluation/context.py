@@ -28,6 +28,10 @@ PIXEL_POLICY = {"channels": "grey (1)", "resize": "none (native size; sets must 
                 "range": "[0, 1], data_range 1.0"}
 
 
+class MetricSkipped(Exception):
+    """A metric that cannot run with what it was given; the message says what is missing and how to supply it."""
+
+
 @dataclass
 class MetricResult:
     """One number with its uncertainty, sample counts and the choices that produced it."""

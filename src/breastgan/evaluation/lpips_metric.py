@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from breastgan.evaluation.bootstrap import mean_ci
-from breastgan.evaluation.context import EvaluationContext, MetricResult, register_metric
+from breastgan.evaluation.context import EvaluationContext, MetricResult, MetricSkipped, register_metric
 from breastgan.evaluation.ssim import random_pairs, real_fake_pairs
 
 # torchvision feature indices after which LPIPS taps an activation (the ReLU outputs of lpips' slices)
@@ -126,6 +126,9 @@ class LPIPSOptions(BaseModel):
                  policy=POLICY)
 def lpips_metric(ctx: EvaluationContext, net: str, backbone_weights: str | None, allow_random_backbone: bool, protocol: str,
                  n_pairs: int, batch_size: int) -> list[MetricResult]:
+    if backbone_weights is None and not allow_random_backbone:
+        raise MetricSkipped(f"LPIPS needs ImageNet {'AlexNet' if net == 'alex' else 'VGG-16'} backbone weights from a local file "
+                            "(no downloads): pass options {'lpips': {'backbone_weights': '<torchvision state dict .pth>'}}")
     model = LPIPS(net, backbone_weights, allow_random_backbone)
     real, fake = ctx.pixels("real"), ctx.pixels("fake")
     ri, fi = real_fake_pairs(real, fake, protocol, n_pairs, ctx.seed)

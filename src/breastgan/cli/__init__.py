@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "breastgan.cli.train",
     "breastgan.cli.generate",
     "breastgan.cli.models",
+    "breastgan.cli.prepare",
+    "breastgan.cli.evaluate",
 ]
 
 _registered = False

@@ -93,15 +93,30 @@ def power_law_field(
     ``anisotropy`` in [0, 1) and ``orientation`` (radians), per field, tilt the spectrum so the
     texture has a dominant stripe direction without changing its radial power-law slope.
     """
+    field = _raw_power_law_field(count, height, width, beta, generator, anisotropy, orientation)
+    std, mean = torch.std_mean(field, dim=(1, 2), keepdim=True)
+    return (field - mean) / std.clamp_min(1e-12)
+
+
+def _raw_power_law_field(
+    count: int,
+    height: int,
+    width: int,
+    beta: float,
+    generator: torch.Generator,
+    anisotropy: torch.Tensor | None,
+    orientation: torch.Tensor | None,
+) -> torch.Tensor:
+    """The field before normalisation (its scale is arbitrary; callers fold normalisation into later steps)."""
     amplitude, angle = power_law_amplitude(height, width, beta)
-    spectrum_shape = (count, height, width // 2 + 1)
-    spectrum = torch.randn(spectrum_shape, generator=generator, dtype=torch.complex64)
+    spectrum = torch.randn((count, height, width // 2 + 1), generator=generator, dtype=torch.complex64)
     if anisotropy is not None and orientation is not None:
-        tilt = 1.0 + anisotropy[:, None, None] * torch.cos(2.0 * (angle - orientation[:, None, None]))
-        amplitude = amplitude * tilt.sqrt()
-    field = torch.fft.irfft2(spectrum * amplitude, s=(height, width))
-    field = field - field.mean(dim=(1, 2), keepdim=True)
-    return field / field.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        # cos(2(a - o)) = cos 2a cos 2o + sin 2a sin 2o: two per-field scalars times fixed tables.
+        cos_term = (anisotropy * torch.cos(2 * orientation))[:, None, None]
+        sin_term = (anisotropy * torch.sin(2 * orientation))[:, None, None]
+        tilt = torch.addcmul(torch.addcmul(torch.ones(()), cos_term, torch.cos(2 * angle)), sin_term, torch.sin(2 * angle))
+        amplitude = amplitude * tilt.sqrt_()
+    return torch.fft.irfft2(spectrum.mul_(amplitude), s=(height, width))
 
 
 def _uniform(generator: torch.Generator, shape: Sequence[int] | int, low: float, high: float) -> torch.Tensor:
@@ -131,7 +146,6 @@ def mass_profile(
     spiculated masses get a sharper core plus thin, tapering radial lines (the spicules).
     """
     m = centre.shape[0]
-    rows, cols = _grid(height, width)
     aspect = torch.where(kind == 1, _uniform(generator, m, 0.85, 1.0), _uniform(generator, m, 0.5, 0.75))
     tilt = _uniform(generator, m, 0.0, math.pi)
     margin = torch.where(kind == 3, _uniform(generator, m, 0.04, 0.08), _uniform(generator, m, 0.06, 0.2))
@@ -142,25 +156,33 @@ def mass_profile(
     semi_major = radius / aspect.sqrt()
     semi_minor = radius * aspect.sqrt()
 
-    dy = rows[None] - centre[:, 0, None, None]
-    dx = cols[None] - centre[:, 1, None, None]
-    cos_t, sin_t = torch.cos(tilt)[:, None, None], torch.sin(tilt)[:, None, None]
-    u = dx * cos_t + dy * sin_t
-    v = -dx * sin_t + dy * cos_t
-    distance = torch.sqrt((u / semi_major[:, None, None]) ** 2 + (v / semi_minor[:, None, None]) ** 2)
+    # Scaled ellipse coordinates (U, V) of every pixel are affine in (row, col): one matmul
+    # computes them for all masses at once.
+    cos_t, sin_t = torch.cos(tilt), torch.sin(tilt)
+    affine = torch.stack(
+        [
+            torch.stack([sin_t, cos_t, -(centre[:, 0] * sin_t + centre[:, 1] * cos_t)], dim=1) / semi_major[:, None],
+            torch.stack([cos_t, -sin_t, -(centre[:, 0] * cos_t - centre[:, 1] * sin_t)], dim=1) / semi_minor[:, None],
+        ]
+    )  # (2, m, 3) acting on (row, col, 1)
+    rows, cols = _grid(height, width)
+    coords = torch.stack([rows.flatten(), cols.flatten(), torch.ones(height * width)])  # (3, HW)
+    scaled_u, scaled_v = (affine.view(2 * m, 3) @ coords).view(2, m, height * width)
+    distance = torch.addcmul(scaled_u * scaled_u, scaled_v, scaled_v).sqrt_()
     # The lobulated outline depends on the angle only: tabulate it per mass and look it up, which
-    # costs two passes over the pixels instead of a cosine per harmonic.
+    # costs a few passes over the pixels instead of a cosine per harmonic.
     table_angle = torch.linspace(-math.pi, math.pi, _OUTLINE_BINS + 1)[:-1]
     harmonics = torch.arange(2, 5, dtype=torch.float32)
     outline = 1.0 + (
         harmonic_amp[:, :, None] * torch.cos(harmonics[None, :, None] * table_angle + harmonic_phase[:, :, None])
     ).sum(dim=1)
-    bins = ((torch.atan2(v, u) + math.pi) * (_OUTLINE_BINS / (2 * math.pi))).long().clamp_(0, _OUTLINE_BINS - 1)
-    distance = distance / torch.gather(outline, 1, bins.view(m, -1)).view_as(distance)
+    bins = torch.atan2(scaled_v, scaled_u).add_(math.pi).mul_(_OUTLINE_BINS / (2 * math.pi)).long().clamp_(0, _OUTLINE_BINS - 1)
+    distance = distance.div_(torch.gather(outline, 1, bins))
 
-    edge = torch.sigmoid((1.0 - distance) / margin[:, None, None])
-    thickness = torch.sqrt((1.0 - distance**2).clamp_min(0.0))
-    profile = edge * (0.6 + 0.4 * thickness)
+    inverse_margin = (1.0 / margin)[:, None]
+    edge = torch.addcmul(inverse_margin, distance, -inverse_margin).sigmoid_()  # sigmoid((1 - d) / margin)
+    thickness = torch.addcmul(torch.ones(()), distance, distance, value=-1.0).clamp_min_(0.0).sqrt_()
+    profile = thickness.mul_(0.4).add_(0.6).mul_(edge).view(m, height, width)
 
     spiculated = torch.nonzero(kind == 3).flatten()
     if spiculated.numel():
@@ -231,24 +253,20 @@ def calcification_layer(
 
 def _splat_bilinear(points: torch.Tensor, weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Accumulate weighted points (m, k, 2 as row/col) into (m, H, W) images with bilinear weights."""
-    m, k, _ = points.shape
-    row0 = points[..., 0].floor()
-    col0 = points[..., 1].floor()
-    frac_r = points[..., 0] - row0
-    frac_c = points[..., 1] - col0
+    m = points.shape[0]
+    corner = points.floor()
+    frac = points - corner
+    # The four neighbouring pixels at once: offsets (0,0), (0,1), (1,0), (1,1) on a trailing axis.
+    step_r = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    step_c = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    rows = corner[..., 0, None] + step_r
+    cols = corner[..., 1, None] + step_c
+    share = (1 - step_r + (2 * step_r - 1) * frac[..., 0, None]) * (1 - step_c + (2 * step_c - 1) * frac[..., 1, None])
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    index = rows.clamp(0, height - 1).mul_(width).add_(cols.clamp(0, width - 1)).long()
+    index += (torch.arange(m) * (height * width)).view(m, *([1] * (index.ndim - 1)))
     out = torch.zeros(m * height * width)
-    batch_offset = (torch.arange(m) * height * width)[:, None]
-    for dr, dc, w in (
-        (0, 0, (1 - frac_r) * (1 - frac_c)),
-        (0, 1, (1 - frac_r) * frac_c),
-        (1, 0, frac_r * (1 - frac_c)),
-        (1, 1, frac_r * frac_c),
-    ):
-        r = (row0 + dr).long()
-        c = (col0 + dc).long()
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        index = batch_offset + r.clamp(0, height - 1) * width + c.clamp(0, width - 1)
-        out.index_add_(0, index.flatten(), (w * weights * inside).flatten())
+    out.index_add_(0, index.flatten(), (share * weights[..., None] * inside).flatten())
     return out.view(m, height, width)
 
 
@@ -280,32 +298,36 @@ def _render_chunk(
     level = plan["density"] - 1
     strength = anisotropy * torch.rand(count, generator=generator)
     orientation = _uniform(generator, count, 0.0, math.pi)
-    field = power_law_field(count, height, width, beta, generator, strength, orientation)
+    field = _raw_power_law_field(count, height, width, beta, generator, strength, orientation)
+    std, mean = torch.std_mean(field, dim=(1, 2), keepdim=True)
 
     fraction = torch.tensor(GLANDULAR_FRACTION)[level]
-    # Threshold at the field quantile that leaves `fraction` of pixels glandular (field ~ N(0, 1)).
+    # Threshold at the quantile of the normalised field (~ N(0, 1)) that leaves `fraction` of pixels glandular.
     threshold = torch.special.ndtri(1.0 - fraction) + 0.25 * torch.randn(count, generator=generator)
     softness = _uniform(generator, count, 0.7, 1.1)
-    tissue = torch.sigmoid((field - threshold[:, None, None]) / softness[:, None, None])
+    # sigmoid(((field - mean) / std - threshold) / softness) as one fused multiply-add.
+    scale = 1.0 / (std.clamp_min(1e-12) * softness[:, None, None])
+    offset = -(mean / std.clamp_min(1e-12) + threshold[:, None, None]) / softness[:, None, None]
+    tissue = torch.addcmul(offset, field, scale).sigmoid_()
     fat = torch.tensor(FAT_LEVEL)[level][:, None, None]
     gland = torch.tensor(GLAND_LEVEL)[level][:, None, None]
-    image = fat + (gland - fat) * tissue
+    image = torch.addcmul(fat, tissue, gland - fat)
 
     kind = plan["lesion_type"]
     is_mass = torch.nonzero((kind >= 1) & (kind <= 3)).flatten()
     if is_mass.numel():
         contrast = _uniform(generator, is_mass.numel(), 0.14, 0.28)
         profile = mass_profile(height, width, plan["centre"][is_mass], plan["radius"][is_mass], kind[is_mass], generator)
-        image = image.index_add(0, is_mass, contrast[:, None, None] * profile)
+        image.index_add_(0, is_mass, profile.mul_(contrast[:, None, None]))
     is_calc = torch.nonzero(kind == 4).flatten()
     if is_calc.numel():
         specks = calcification_layer(height, width, plan["centre"][is_calc], plan["radius"][is_calc], generator)
-        image = image.index_add(0, is_calc, specks)
+        image.index_add_(0, is_calc, specks)
 
     if noise > 0:
-        image = image + noise * torch.randn(image.shape, generator=generator)
+        image.add_(torch.randn(image.shape, generator=generator), alpha=noise)
     # Stored on the 16-bit grid so that writing a patch as a 16-bit PNG and reading it back is lossless.
-    return torch.round(image.clamp(0.0, 1.0) * 65535.0) / 65535.0
+    return image.clamp_(0.0, 1.0).mul_(65535.0).round_().div_(65535.0)
 
 
 def _plan_patches(

@@ -14,11 +14,12 @@ def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from breastgan.config import ConfigError
+        from breastgan.distributed import DistributedError
         from breastgan.registry import ConfigArgumentError, RegistryError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ConfigArgumentError, RegistryError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        except (ConfigError, ConfigArgumentError, RegistryError, DistributedError, FileNotFoundError, FileExistsError, ValueError) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
             sys.exit(2)
 

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def generate(
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (created); gets one file per image plus manifest.json."),
-        run: Optional[Path] = typer.Option(None, "--run", help="A breastgan run directory (or one of its checkpoint directories)."),
+        run: Optional[Path] = typer.Option(None, "--run", "--from-run", help="A breastgan run directory (or one of its checkpoint directories). Under torchrun use --from-run (torchrun's own parser claims --run as an abbreviation of --run-path)."),
         package: Optional[Path] = typer.Option(None, "--package", help="An exported generator package."),
         n: int = typer.Option(1000, "-n", min=1, help="Number of images."),
         seed: int = typer.Option(0, help="Seed: the same seed always gives the same images."),

@@ -150,6 +150,18 @@ class EMAConfig(Strict):
     start_step: int = Field(0, ge=0, description="copy G into the EMA until this step")
 
 
+class DPConfig(Strict):
+    """DP-SGD on the discriminator (breastgan.training.dp); epsilon is accounted per patient."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, gt=0, le=100, description="Gaussian noise std / max_grad_norm")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping bound")
+    delta: float | None = Field(None, gt=0, lt=1, description="must be below 1 / number of patients; default 1 / (10 x patients)")
+    sample_rate: float | None = Field(None, gt=0, le=1, description="Poisson rate per patient; default batch_size / patients")
+    unit: Literal["auto", "patient", "image"] = Field("auto", description="privacy unit: patient when the data has patient ids")
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
 class TrainConfig(Strict):
     seed: int = 0
     batch_size: int = Field(16, ge=1, description="per-process batch; effective batch = batch_size x world size")
@@ -176,6 +188,7 @@ class TrainConfig(Strict):
     max_rollbacks: int = Field(3, ge=0)
     monitor_window: int = Field(200, ge=1, description="steps with D winning outright before a warning")
     progress: bool = Field(True, description="rich progress bar on the terminal")
+    dp: DPConfig = Field(default_factory=DPConfig)
 
     @model_validator(mode="after")
     def _length(self) -> "TrainConfig":

@@ -136,6 +136,9 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.diffaug = DiffAugment(t.augment.ops, t.augment.translation, t.augment.cutout) if t.augment.policy == "diffaugment" else None
+        from breastgan.training.dp import attach_dp  # DP-SGD discriminator step; None keeps the ordinary path
+
+        self.dp = attach_dp(self, t.dp)
 
         # state ------------------------------------------------------------------------------
         self.rng = torch.Generator().manual_seed(t.seed)
@@ -290,7 +293,7 @@ class Trainer:
                     try:
                         # DDP all-reduces gradients inside backward(): a lost peer surfaces here
                         with self.ctx.collective_errors("training step"):
-                            stats = self.d_step()
+                            stats = self.dp.d_step() if self.dp is not None else self.d_step()
                             self.batch_in_epoch += 1
                             if self.d_iters % t.n_critic == 0:
                                 stats.update(self.g_step())
@@ -429,6 +432,7 @@ class Trainer:
             "step": self.step, "d_iters": self.d_iters, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "rollbacks": self.rollbacks,
             "last_labels_global": getattr(self, "_last_labels_global", torch.zeros(0, dtype=torch.long)),
+            **({"dp": self.dp.state_dict()} if self.dp is not None else {}),
         }
 
     def _restore_latest(self) -> None:
@@ -462,6 +466,8 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"].cpu())
         self.step, self.d_iters, self.epoch, self.batch_in_epoch = st["step"], st["d_iters"], st["epoch"], st["batch_in_epoch"]
         self.rollbacks = st["rollbacks"]
+        if self.dp is not None:
+            self.dp.load_state_dict(st.get("dp"), path)
         if st["last_labels_global"].numel():
             self._last_labels_global = st["last_labels_global"].cpu()
         if self.batch_in_epoch > 0 and self.plan.global_batch != self._saved_global_batch(path):
@@ -479,6 +485,7 @@ class Trainer:
             "images_seen": self.d_iters * self.plan.global_batch,
             "best": {"metric": self.best[0], "value": self.best[1], "step": self.best[2]} if self.best else None,
             "rollbacks": self.rollbacks, "finished": datetime.now(timezone.utc).isoformat(),
+            **({"differential_privacy": self.dp.guarantee()} if self.dp is not None else {}),
         }
 
 

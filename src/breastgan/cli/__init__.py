@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "breastgan.cli.models",
     "breastgan.cli.prepare",
     "breastgan.cli.evaluate",
+    "breastgan.cli.utility",
 ]
 
 _registered = False

@@ -29,6 +29,7 @@ under-reported.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,9 @@ class DPTraining:
             raise ConfigError(f"train.dp.delta: {self.delta:g} must be below 1 / number of {self.unit}s = {1.0 / n:g}")
         self.q = cfg.sample_rate if cfg.sample_rate is not None else min(1.0, trainer.cfg.train.batch_size / n)
         self.expected_real = max(1, round(self.q * n))
+        for module in trainer.D.modules():
+            if getattr(module, "inplace", False):
+                module.inplace = False  # in-place activations break the backward hooks per-sample gradients use
         self.gsm = GradSampleModule(trainer.D, batch_first=True, loss_reduction="sum", strict=True)
         self.gsm.disable_hooks()  # on only inside the DP step: G steps also run D
         self.noise = torch.Generator(device=trainer.device).manual_seed(trainer.cfg.train.seed + 424242)
@@ -155,7 +159,10 @@ class DPTraining:
             if n_real:
                 loss = loss + n_real * tr.loss.discriminator_loss(d_real, d_fake.detach(), t)
             tr._check_finite(loss, "discriminator loss (DP)")
-            loss.backward()
+            with warnings.catch_warnings():
+                # real images never require grad; torch notes that the hooks then see outputs only, which is what they need
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
         finally:
             self.gsm.disable_hooks()
         self.optimizer.step()

@@ -17,6 +17,10 @@ COMMAND_MODULES = [
     "breastgan.cli.prepare",
     "breastgan.cli.evaluate",
     "breastgan.cli.utility",
+    "breastgan.cli.export",
+    "breastgan.cli.verify",
+    "breastgan.cli.hub",
+    "breastgan.cli.audit",
 ]
 
 _registered = False

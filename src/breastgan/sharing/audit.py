@@ -74,7 +74,7 @@ class AuditConfig(BaseModel):
     thresholds: AuditThresholds = Field(default_factory=AuditThresholds)
 
 
-class PrivacyGateError(RuntimeError):
+class PrivacyGateError(ValueError):
     """The audit failed and the export was not forced; the message lists the failed checks."""
 
 

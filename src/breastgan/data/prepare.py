@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections import Counter, defaultdict
@@ -581,26 +582,41 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; nested threads would oversubscribe
 
 
-def _pmap(fn: Callable, items: list, workers: int, stop_on: Callable[[Any], str | None] | None = None) -> list:
-    """Ordered parallel map; ``stop_on(result)`` returning a message aborts (strict mode)."""
-    if workers == 1 or len(items) <= 1:
+class _Mapper:
+    """Ordered map over records, in-process (1 worker) or on one process pool reused by every phase.
+
+    The pool uses a forkserver that has preloaded this module: workers start by forking a clean
+    process that never ran OpenCV/OpenMP thread pools (forking one that did deadlocks the children,
+    seen here on a second prepare() in one process), without re-importing torch for every pool.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "_Mapper":
+        if self.workers > 1:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["breastgan.data.prepare"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, mp_context=ctx)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable, items: list, stop_on: Callable[[Any], str | None] | None = None) -> list:
+        """``stop_on(result)`` returning a message aborts with it (strict mode)."""
+        if self._pool is None or len(items) <= 1:
+            results: Iterable = map(fn, items)
+        else:
+            results = self._pool.map(fn, items, chunksize=max(1, min(8, len(items) // (self.workers * 4))))
         out = []
-        for it in items:
-            r = fn(it)
+        for r in results:
             if stop_on and (msg := stop_on(r)):
                 raise PrepareError(msg)
             out.append(r)
         return out
-    ex = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker)
-    out = []
-    try:
-        for r in ex.map(fn, items, chunksize=max(1, min(8, len(items) // (workers * 4) or 1))):
-            if stop_on and (msg := stop_on(r)):
-                raise PrepareError(msg)
-            out.append(r)
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-    return out
 
 
 class _Preflight:
@@ -681,11 +697,20 @@ def prepare(cfg: PrepareConfig, check_only: bool = False) -> PreparedSummary:
         raise PrepareError(next(iter(dups.values())))
     want_hash = cfg.near_duplicates.enabled if cfg.near_duplicates.enabled is not None else listing.near_duplicate_grouping
 
-    def first_problem(r: PreflightResult) -> str | None:
+    unique = [r for i, r in enumerate(records) if i not in dups]
+    with _Mapper(cfg.workers) as mapper:
+        return _prepare_with(cfg, check_only, mapper, listing, records, unique, dups, want_hash, strict, t0, times)
+
+
+def _prepare_with(
+    cfg: PrepareConfig, check_only: bool, mapper: _Mapper, listing: Any, records: list[ImageRecord], unique: list[ImageRecord],
+    dups: dict[int, str], want_hash: bool, strict: bool, t0: float, times: dict[str, float],
+) -> PreparedSummary:
+    """The phases after listing, on one mapper (so a process pool starts once per prepare())."""
+    def first_problem(r: PreflightResult | TaskResult) -> str | None:
         return r.problems[0] if r.problems else None
 
-    unique = [r for i, r in enumerate(records) if i not in dups]
-    pre = _pmap(_Preflight(cfg, want_hash), unique, cfg.workers, first_problem if strict else None)
+    pre = mapper.map(_Preflight(cfg, want_hash), unique, first_problem if strict else None)
     times["preflight"] = time.perf_counter() - t0
     pre_by_id = {p.image_id: p for p in pre}
     pre_rows = [p.row() for p in pre]
@@ -748,7 +773,7 @@ def prepare(cfg: PrepareConfig, check_only: bool = False) -> PreparedSummary:
     healthy_sides = sorted(s for p in pre for s in p.lesion_sides)
     with atomic_dir(cfg.output) as out:
         t1 = time.perf_counter()
-        results = _pmap(_Extract(cfg, out, healthy_sides), [(r, pre_by_id[r.image_id]) for r in ok_records], cfg.workers, first_problem if strict else None)
+        results = mapper.map(_Extract(cfg, out, healthy_sides), [(r, pre_by_id[r.image_id]) for r in ok_records], first_problem if strict else None)
         times["extract"] = time.perf_counter() - t1
         items: list[dict[str, Any]] = []
         skipped: list[str] = []

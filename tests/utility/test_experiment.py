@@ -92,3 +92,11 @@ def test_config_errors_are_clear(tmp_path, patch, match):
     raw = {**_config(tmp_path, ["g0", "g1"]), **patch}
     with pytest.raises((ValueError, KeyError), match=match):
         load_experiment_config(raw)
+
+
+@pytest.mark.parametrize("name", ["minimias_sharing", "minimias_sharing_swin_cpu", "minimias_sharing_swin_gpu", "busi_imbalance"])
+def test_example_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_experiment_config(Path(__file__).resolve().parents[2] / "configs" / "utility" / f"{name}.yaml")
+    assert cfg.receiving in cfg.centres and cfg.arms

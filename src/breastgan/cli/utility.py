@@ -14,7 +14,7 @@ from breastgan.cli.common import friendly_errors
 def utility_command(
     config: Path = typer.Option(..., "--config", "-c", help="experiment YAML (see configs/utility/)"),
     set_: list[str] = typer.Option([], "--set", help="override a config key (YAML value), e.g. --set seeds=[0] --set n_added=60"),
-    centre_source: Optional[str] = typer.Option(None, "--centre-source", help="print the training data source of this centre's images (YAML for a GAN config's data.source) and exit"),
+    centre_source: Optional[str] = typer.Option(None, "--centre-source", help="print this centre's images as a data.source for breastgan train (one JSON line) and exit"),
     label: Optional[str] = typer.Option(None, "--label", help="with --centre-source: only this class"),
     split: Optional[str] = typer.Option(None, "--split", help="with --centre-source: only this split (e.g. train, for a GAN of the receiving centre itself)"),
     report: Optional[Path] = typer.Option(None, "--report", help="also insert the results section into this existing report.html"),
@@ -29,11 +29,12 @@ def utility_command(
         raise typer.Exit()
     cfg = load_experiment_config(config, set_)
     if centre_source is not None:
-        import yaml
+        import json
 
         from breastgan.utility.centre_source import centre_training_source
 
-        typer.echo(yaml.safe_dump(centre_training_source(cfg, centre_source, label, split), sort_keys=False).rstrip())
+        # one JSON line is also YAML: breastgan train --set "data.source=$(breastgan utility ... --centre-source B)"
+        typer.echo(json.dumps(centre_training_source(cfg, centre_source, label, split)))
         raise typer.Exit()
     result = run_experiment(cfg, log=typer.echo)
     typer.echo(result.markdown)

@@ -24,11 +24,19 @@ from breastgan.evaluation.bootstrap import percentile_ci, small_n_warning
 from breastgan.evaluation.context import EvaluationContext, MetricResult, register_metric
 
 
-def _symmetric_eigvals(m: torch.Tensor) -> torch.Tensor:
-    # LAPACK ?syevx with eigenvalues only (bisection) is 2-4x faster than syevd here for D = 2048
-    a = m.numpy()
-    a = (a + a.T) * 0.5
-    return torch.from_numpy(scipy.linalg.eigh(a, eigvals_only=True, driver="evx", check_finite=False))
+def _symmetric_eigvals(m: np.ndarray) -> torch.Tensor:
+    # eigenvalues only: LAPACK ?syevd with jobz='N' (tridiagonalisation + root-free QR), ~1 s for D = 2048 on 2 cores
+    a = (m + m.T) * 0.5
+    return torch.from_numpy(scipy.linalg.eigh(a, eigvals_only=True, driver="evd", check_finite=False))
+
+
+def _cholesky_congruence(chol: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """L^T B L with two triangular multiplies (BLAS ?trmm): half the work of two general matmuls."""
+    from scipy.linalg.blas import dtrmm
+
+    lf = np.asfortranarray(chol.numpy())
+    bl = dtrmm(1.0, lf, np.asfortranarray(b.numpy()), side=1, lower=1)  # B L
+    return dtrmm(1.0, lf, bl, side=0, lower=1, trans_a=1)  # L^T (B L)
 
 
 def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> float:
@@ -38,12 +46,12 @@ def trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> float:
     for a, b in ((s1, s2), (s2, s1)):
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
-            m = chol.T @ b @ chol
+            m = _cholesky_congruence(chol, b)
             break
     else:
         w, v = torch.linalg.eigh(s1)
         root = (v * w.clamp(min=0).sqrt()) @ v.T
-        m = root @ s2 @ root
+        m = (root @ s2 @ root).numpy()
     eig = _symmetric_eigvals(m)
     # negative eigenvalues are rounding noise of a PSD product; clamp rather than take complex roots
     return float(eig.clamp(min=0).sqrt().sum())

@@ -254,3 +254,44 @@ def test_config_rejects_unknown_keys_and_applies_overrides(tmp_path):
         load_config(raw={**raw, "task": {"name": "patches", "args": {"sizes": 3}}})
     cfg = load_config(raw=raw, overrides=["workers=1", "splits.train_fraction=0.5", "task.args.size=64"])
     assert cfg.workers == 1 and cfg.splits.train_fraction == 0.5 and cfg.task.args["size"] == 64
+
+
+@needs_mias
+def test_results_do_not_depend_on_worker_count(mias_prepared, tmp_path):
+    out, _ = mias_prepared  # prepared with 2 workers
+    cfg = load_config(raw={
+        "dataset": {"adapter": "minimias", "args": {"root": str(MIAS)}},
+        "output": str(tmp_path / "one"), "workers": 1, "include": MIAS_SUBSET, "mode": "lenient",
+        "task": {"name": "patches", "args": {"healthy_per_image": 2}},
+    })
+    prepare(cfg)
+    assert (tmp_path / "one" / "manifest.csv").read_bytes() == (out / "manifest.csv").read_bytes()
+    for r in read_rows(out / "manifest.csv"):
+        assert (tmp_path / "one" / r["file"]).read_bytes() == (out / r["file"]).read_bytes()
+
+
+def test_cli_prepare_check_and_overrides(bad_dataset, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from breastgan.cli.prepare import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """breastgan (test app)"""
+
+    register(app)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "dataset": {"adapter": "csv", "args": {"csv": str(bad_dataset / "manifest.csv")}}, "output": str(tmp_path / "cli"), "workers": 1,
+        "task": {"name": "patches", "args": {"healthy_side": 64, "min_side": 64, "margin_px": 10}}, "splits": {"fractions": {"train": 1.0}},
+    }))
+    res = CliRunner().invoke(app, ["prepare", "--config", str(cfg)])
+    assert res.exit_code == 1 and "duplicate image id" in res.output  # strict by default
+    res = CliRunner().invoke(app, ["prepare", "--config", str(cfg), "--check", "--set", "mode=lenient"])
+    assert res.exit_code == 2 and (tmp_path / "cli" / "preflight.csv").is_file()
+    assert not (tmp_path / "cli" / "manifest.csv").exists()
+    res = CliRunner().invoke(app, ["prepare", "--config", str(cfg), "--set", "mode=lenient"])
+    assert res.exit_code == 0 and (tmp_path / "cli" / "manifest.csv").is_file()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from breastgan.data.phantom import PhantomDataset
-from breastgan.sharing.audit import AuditConfig, inversion_losses, roc_auc, run_audit, tpr_at_fpr
+from breastgan.sharing.audit import roc_auc, run_audit, tpr_at_fpr
 
 CFG = {"n_samples": 200, "n_boot": 30, "n_candidates": 100, "inversion": {"enabled": False}}
 
@@ -117,13 +117,11 @@ class MixtureGenerator:
 
 def test_white_box_inversion_separates_members(sets):
     train, holdout, _ = sets
-    members, nonmembers = train[:24], holdout[:24]
+    members = train[:24]
     G = Mixture(members)
-    losses = inversion_losses(G, torch.cat([members, nonmembers]), AuditConfig().inversion.model_copy(update={"steps": 100}), seed=0)
-    assert roc_auc(-losses[:24], -losses[24:]) > 0.85
-    assert all(p.requires_grad for p in G.parameters())  # the attack leaves the generator as it was
-    r = run_audit(MixtureGenerator(G), members, holdout[24:], {**CFG, "n_candidates": 24, "inversion": {"steps": 100}})
+    r = run_audit(MixtureGenerator(G), members, holdout[:24], {**CFG, "n_candidates": 24, "inversion": {"steps": 100}})
     assert r["results"]["mia_auc_inversion"] > 0.85 and not r["passed"]
+    assert all(p.requires_grad for p in G.parameters())  # the attack leaves the generator as it was
 
 
 def test_inversion_runs_on_a_trained_breastgan_generator(tiny_run, holdout_images):

@@ -10,14 +10,8 @@ import torch
 
 import breastgan
 from breastgan.data.phantom import PhantomDataset
+from sharing_helpers import TINY
 
-TINY = {
-    "name": "tiny",
-    "data": {"source": {"dataset": "phantom", "n": 128, "size": 32, "seed": 3}},
-    "model": {"generator": {"arch": "dcgan", "base_width": 8, "latent_dim": 16},
-              "discriminator": {"arch": "dcgan", "base_width": 8, "kernel_size": 4}},
-    "train": {"batch_size": 16, "max_steps": 10, "log_every": 5, "sample_every": 10, "checkpoint_every": 10, "progress": False, "grid_size": 4},
-}
 FAST_AUDIT = {"n_samples": 100, "n_boot": 20, "n_candidates": 48, "inversion": {"steps": 10, "restarts": 1}}
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY
+from sharing_helpers import TINY
 
 import breastgan
 from breastgan.config import ConfigError

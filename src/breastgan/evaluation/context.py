@@ -94,6 +94,8 @@ class EvaluationContext:
         return self._extractors[key]
 
     def pixels(self, role: str) -> torch.Tensor:
+        if role == "train" and self.train is None:
+            role = "real"
         src = self.source(role)
         key = f"{role}:{src.fingerprint() if src.kind != 'generator' else id(src)}"
         if key not in self._pixels:
@@ -104,6 +106,8 @@ class EvaluationContext:
 
     def features(self, role: str, extractor: Any = None) -> FeatureSet:
         """Features of all images of ``role``; real/train/held-out sets go through the on-disk cache."""
+        if role == "train" and self.train is None:
+            role = "real"  # the default training set is the real set: reuse its features, never extract twice
         ext = self.extractor(extractor)
         key = (role, repr(ext.describe()))
         if key not in self._features:

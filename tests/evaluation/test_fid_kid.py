@@ -200,3 +200,13 @@ def test_inception_features_match_torch_fidelity_on_same_uint8_inputs():
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
     ref_fid = fid_statistics_to_metric(*(fid_features_to_statistics(r.double()) for r in ref), verbose=False)["frechet_inception_distance"]
     assert frechet_distance_features(*ours) == pytest.approx(ref_fid, rel=1e-4)
+
+
+def test_frechet_reference_equals_direct_distance():
+    from breastgan.evaluation.fid import FrechetReference
+
+    f1, f2 = _features(300, 48, seed=11), _features(250, 48, shift=0.4, seed=12)
+    (m1, s1), (m2, s2) = feature_stats(f1), feature_stats(f2)
+    assert FrechetReference(m1, s1).distance(m2, s2) == pytest.approx(frechet_distance(m1, s1, m2, s2), rel=1e-10)
+    singular = FrechetReference(*feature_stats(f1[:20]))  # n < d: no Cholesky factor, falls back to the eigen path
+    assert singular.chol is None and singular.distance(m2, s2) == pytest.approx(frechet_distance(*feature_stats(f1[:20]), m2, s2), rel=1e-10)

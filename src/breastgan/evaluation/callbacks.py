@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from breastgan.evaluation.extractors import FeatureExtractor, build_extractor
 from breastgan.evaluation.features import FeatureSet, cached_features, default_cache_dir, extract_features
-from breastgan.evaluation.fid import frechet_distance
+from breastgan.evaluation.fid import FrechetReference
 from breastgan.evaluation.kid import kernel_inception_distance
 from breastgan.evaluation.sources import from_dataset, from_tensor
 from breastgan.training.callbacks import EVAL_CALLBACKS, SampleFn
@@ -84,7 +84,11 @@ class KIDCallback(_FeatureCallback):
 
 @EVAL_CALLBACKS.register("fid", args=_FeatureCallbackArgs, summary="FID of EMA samples vs the training data (lower is better; biased at small n)")
 class FIDCallback(_FeatureCallback):
+    _reference: FrechetReference | None = None
+
     def __call__(self, sample: SampleFn, step: int) -> dict[str, float]:
         fake = self._fake_features(sample)
         _, real = self._prepare()
-        return {"fid": frechet_distance(real.mean, real.cov, fake.mean, fake.cov), "fid_n": float(fake.n)}
+        if self._reference is None:  # the real Gaussian's Cholesky factor, once per run
+            self._reference = FrechetReference(real.mean, real.cov)
+        return {"fid": self._reference.distance(fake.mean, fake.cov), "fid_n": float(fake.n)}

@@ -68,6 +68,26 @@ def frechet_distance(mu1: torch.Tensor | np.ndarray, sigma1: torch.Tensor | np.n
     return value
 
 
+class FrechetReference:
+    """A fixed (real) Gaussian whose Cholesky factor is computed once, for many distances (bootstrap, training)."""
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor):
+        self.mu = torch.as_tensor(mu, dtype=torch.float64)
+        self.sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        chol, info = torch.linalg.cholesky_ex(self.sigma)
+        self.chol = chol if int(info) == 0 else None
+        self.trace = float(self.sigma.trace())
+
+    def distance(self, mu: torch.Tensor, sigma: torch.Tensor) -> float:
+        mu = torch.as_tensor(mu, dtype=torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        if self.chol is None:
+            return frechet_distance(self.mu, self.sigma, mu, sigma)
+        eig = _symmetric_eigvals(_cholesky_congruence(self.chol, sigma))
+        diff = self.mu - mu
+        return float(diff @ diff) + self.trace + float(sigma.trace()) - 2.0 * float(eig.clamp(min=0).sqrt().sum())
+
+
 def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased covariance (as ``np.cov``) of (N, D) features, in float64."""
     f = features.to(torch.float64)
@@ -102,10 +122,8 @@ def fid_metric(ctx: EvaluationContext, extractor: Any, n_boot: int | None) -> li
         # real statistics stay fixed (they may come from the cache as mean/cov only): the CI reflects the synthetic sample
         rng = np.random.default_rng(ctx.seed)
         feats = fake.features
-        vals = []
-        for _ in range(reps):
-            mu, cov = feature_stats(feats[torch.from_numpy(rng.integers(0, feats.shape[0], feats.shape[0]))])
-            vals.append(frechet_distance(real.mean, real.cov, mu, cov))
+        ref = FrechetReference(real.mean, real.cov)  # one Cholesky factor for all replicates
+        vals = [ref.distance(*feature_stats(feats[torch.from_numpy(rng.integers(0, feats.shape[0], feats.shape[0]))])) for _ in range(reps)]
         ci = percentile_ci(vals)
         details["ci_method"] = f"bootstrap over synthetic images ({reps} replicates), real statistics fixed"
     warn = small_n_warning("fid", min(real.n, fake.n))

@@ -209,6 +209,27 @@ def _write_predictions(path: Path, items: list[str], labels: torch.Tensor, log_p
             w.writerow([item, classes[int(labels[i])], *[f"{float(v):.6f}" for v in p[i]]])
 
 
+def _arm_figures(cfg: ExperimentConfig, recv: Pool, cache: dict, centres: dict[str, Pool], k: int = 16) -> dict[str, str]:
+    """Base64 grids of the images each arm adds, next to real images of both classes: look at what the classifier was given."""
+    from breastgan.evaluation.report import image_grid, png_base64
+
+    figs: dict[str, str] = {}
+    train = recv.where_split("train")
+    for c, name in enumerate(cfg.classes):
+        idx = [i for i, v in enumerate(train.labels) if int(v) == c][:k]
+        if idx:
+            figs[f"real {name} ({cfg.receiving}, train)"] = png_base64(image_grid(pool_to_set(train.subset(idx), cfg.image_size).images, cols=8))
+    for (arm_name, _n), sets in cache.items():
+        for s in sets:
+            figs[f"{arm_name}: {s.sources[0]}"] = png_base64(image_grid(s.images[:k], cols=8))
+    for arm in cfg.arms:
+        if isinstance(arm, RealArm):
+            pool = centres[arm.centre]
+            idx = [i for i, v in enumerate(pool.labels) if int(v) == cfg.add_index][:k]
+            figs[f"{arm.name}: real {cfg.classes[cfg.add_index]} ({arm.centre})"] = png_base64(image_grid(pool_to_set(pool.subset(idx), cfg.image_size).images, cols=8))
+    return figs
+
+
 def run_experiment(config: ExperimentConfig | dict | str | Path, *, overrides: list[str] | None = None,
                    log: Callable[[str], None] = print) -> ExperimentResult:
     cfg = config if isinstance(config, ExperimentConfig) else load_experiment_config(config, overrides)
@@ -283,7 +304,8 @@ def run_experiment(config: ExperimentConfig | dict | str | Path, *, overrides: l
     arms, clfs = [a.name for a in cfg.arms], [c.title for c in cfg.classifiers]
     md = markdown_table(table, arms, cfg.fractions, clfs, cfg.receiving)
     write_text_atomic(out / "table.md", md)
-    section = html_section(table, arms, cfg.fractions, clfs, cfg.receiving, title=f"Downstream utility: {cfg.name}", notes=notes)
+    section = html_section(table, arms, cfg.fractions, clfs, cfg.receiving, title=f"Downstream utility: {cfg.name}", notes=notes,
+                           figures=_arm_figures(cfg, recv, cache, centres))
     write_text_atomic(out / "utility_section.html", section)
     write_text_atomic(out / "report.html", standalone_html(section, f"breastgan utility: {cfg.name}"))
     return ExperimentResult(out, results, table, md)

@@ -95,8 +95,11 @@ def markdown_table(agg: list[dict[str, Any]], arm_order: list[str], fractions: l
 
 
 def html_section(agg: list[dict[str, Any]], arm_order: list[str], fractions: list[float], classifiers: list[str], receiving: str,
-                 title: str = "Downstream utility", notes: list[str] | None = None) -> str:
-    """A ``<section>`` for an HTML report (uses the report's CSS classes; no script, no external URL)."""
+                 title: str = "Downstream utility", notes: list[str] | None = None, figures: dict[str, str] | None = None) -> str:
+    """A ``<section>`` for an HTML report (uses the report's CSS classes; no script, no external URL).
+
+    ``figures``: caption -> base64 PNG (e.g. the images each arm adds), shown under the table.
+    """
     index, columns, best = _layout(agg, arm_order, fractions, classifiers)
     e = html.escape
     out = [f"<section id=\"utility\"><h2>{e(title)}</h2>",
@@ -120,6 +123,10 @@ def html_section(agg: list[dict[str, Any]], arm_order: list[str], fractions: lis
     out.append("</table>")
     for n in notes or []:
         out.append(f"<div class=warn>{e(n)}</div>")
+    if figures:
+        out.append("<div class=grid>")
+        out += [f"<figure><img src=\"data:image/png;base64,{b64}\" alt=\"{e(cap)}\"><figcaption>{e(cap)}</figcaption></figure>" for cap, b64 in figures.items()]
+        out.append("</div>")
     out.append("</section>")
     return "\n".join(out)
 

@@ -67,3 +67,10 @@ def test_real_arm_images_go_through_the_same_path(make_pool):
     train, comp = compose(make_pool({0: 30, 1: 10}), [added], add_label=1, balance=True, order_seed=0, size=16)
     assert comp["by_source"] == {"A": 28, "real:B": 8}
     assert comp["by_class"] == {"0": 18, "1": 18}
+
+
+def test_composition_records_intensity_per_source(make_pool):
+    flat = synthetic_to_set(torch.full((6, 1, 16, 16), 0.4), 1, 16, "synthetic:flat")
+    _, comp = compose(make_pool({0: 30, 1: 10}), [flat], add_label=1, balance=True, order_seed=0, size=16)
+    assert comp["intensity"]["synthetic:flat"] == {"mean": 0.4, "within_image_std": 0.0}
+    assert comp["intensity"]["A"]["within_image_std"] > 0.2  # uniform noise images

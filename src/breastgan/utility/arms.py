@@ -124,5 +124,16 @@ def compose(
     train = TrainingSet.concat([real, *added]) if added else real
     counts = {str(c): int((train.labels == c).sum()) for c in (0, 1)}
     composition = {"n": len(train), "by_class": counts, "by_source": train.source_counts(), "added": n_added,
-                   "receiving_real": len(real), "notes": notes}
+                   "receiving_real": len(real), "intensity": intensity_by_source(train), "notes": notes}
     return train, composition
+
+
+def intensity_by_source(data: TrainingSet) -> dict[str, dict[str, float]]:
+    """Per source: mean pixel value and mean within-image standard deviation (grey, structureless
+    synthetic images, e.g. from an EMA copy that barely moved, show up as a near-zero std)."""
+    out = {}
+    for src in sorted(set(data.sources)):
+        idx = torch.tensor([i for i, s in enumerate(data.sources) if s == src])
+        x = data.images[idx]
+        out[src] = {"mean": round(float(x.mean()), 4), "within_image_std": round(float(x.flatten(1).std(dim=1).mean()), 4)}
+    return out

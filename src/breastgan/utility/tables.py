@@ -46,12 +46,18 @@ def mean_std(mean: float, std: float) -> str:
     return f"{mean:.3f}{s}"
 
 
+LEADING_COLUMNS = ["classifier", "arm", "fraction", "seed", "n_seeds", "seeds", *METRIC_NAMES]
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
+    """CSV with identifying columns and metrics first, then the rest in first-seen order (rows reused from
+    metrics.json and fresh rows give the same layout)."""
     if not rows:
         return ""
-    cols = list(rows[0])
-    for r in rows[1:]:
-        cols += [k for k in r if k not in cols]
+    seen: list[str] = []
+    for r in rows:
+        seen += [k for k in r if k not in seen]
+    cols = [c for c in LEADING_COLUMNS if c in seen] + [c for c in seen if c not in LEADING_COLUMNS]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()

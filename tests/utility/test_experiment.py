@@ -100,3 +100,10 @@ def test_example_configs_validate(name):
 
     cfg = load_experiment_config(Path(__file__).resolve().parents[2] / "configs" / "utility" / f"{name}.yaml")
     assert cfg.receiving in cfg.centres and cfg.arms
+
+
+def test_list_needs_no_config_and_a_missing_config_is_explained():
+    listed = runner.invoke(app, ["utility", "--list"])
+    assert listed.exit_code == 0 and "cnn" in listed.output and "swin_t" in listed.output
+    missing = runner.invoke(app, ["utility"])
+    assert missing.exit_code != 0 and "--config" in missing.output

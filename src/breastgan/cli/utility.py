@@ -12,7 +12,7 @@ from breastgan.cli.common import friendly_errors
 
 @friendly_errors
 def utility_command(
-    config: Path = typer.Option(..., "--config", "-c", help="experiment YAML (see configs/utility/)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="experiment YAML (see configs/utility/)"),
     set_: list[str] = typer.Option([], "--set", help="override a config key (YAML value), e.g. --set seeds=[0] --set n_added=60"),
     centre_source: Optional[str] = typer.Option(None, "--centre-source", help="print this centre's images as a data.source for breastgan train (one JSON line) and exit"),
     label: Optional[str] = typer.Option(None, "--label", help="with --centre-source: only this class"),
@@ -27,6 +27,8 @@ def utility_command(
         for e in CLASSIFIERS:
             typer.echo(f"{e.name:10s} {e.summary}")
         raise typer.Exit()
+    if config is None:
+        raise typer.BadParameter("missing --config (an experiment YAML; see configs/utility/)", param_hint="--config")
     cfg = load_experiment_config(config, set_)
     if centre_source is not None:
         import json

@@ -107,3 +107,17 @@ def test_list_needs_no_config_and_a_missing_config_is_explained():
     assert listed.exit_code == 0 and "cnn" in listed.output and "swin_t" in listed.output
     missing = runner.invoke(app, ["utility"])
     assert missing.exit_code != 0 and "--config" in missing.output
+
+
+def test_utility_section_is_inserted_once_into_an_existing_report(tmp_path):
+    from breastgan.utility.tables import html_section, insert_section
+
+    agg = [{"classifier": "CNN", "arm": "None", "fraction": 1.0, "n_seeds": 3, "seeds": "0 1 2",
+            **{f"{m}_{s}": 0.5 for m in ("accuracy", "f1", "auroc", "auprc") for s in ("mean", "std")}}]
+    section = html_section(agg, ["None"], [1.0], ["CNN"], "A")
+    report = tmp_path / "report.html"
+    report.write_text("<html><body><h1>evaluation</h1></body></html>\n")
+    insert_section(report, section)
+    insert_section(report, section)  # replaced, not duplicated
+    text = report.read_text()
+    assert text.count('<section id="utility">') == 1 and "0.500(.500)" in text and text.index("<h1>") < text.index("<section")

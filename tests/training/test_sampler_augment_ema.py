@@ -63,8 +63,12 @@ def test_ema_tracks_weights():
     with torch.no_grad():
         m.weight.add_(2.0)
     before = ema.model.weight.clone()
-    ema.update(m, step=1)
+    ema.update(m, step=100)  # past the warm-up: (1 + 100) / (10 + 100) > 0.5, so the decay is 0.5
     assert torch.allclose(ema.model.weight, 0.5 * before + 0.5 * m.weight)
+    # warm-up: early updates follow the model closely instead of keeping the initialisation
+    slow = EMA(m, decay=0.999)
+    assert slow.decay_at(0) == pytest.approx(0.1) and slow.decay_at(90) == pytest.approx(0.91)
+    assert slow.decay_at(100_000) == 0.999
     ema_copy = EMA(m, decay=0.9, start_step=10)
     ema_copy.update(m, step=3)  # before start_step: plain copy
     assert torch.equal(ema_copy.model.weight, m.weight)

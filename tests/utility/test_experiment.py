@@ -41,7 +41,6 @@ def _config(tmp_path, gens):
     }
 
 
-@pytest.mark.timeout(120)
 def test_tiny_experiment_end_to_end(tmp_path, tiny_generators):
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(tmp_path, tiny_generators)))

@@ -9,6 +9,7 @@ is reported as ``model.generator.latent_dim: ...`` before anything is built.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -285,6 +286,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[s
             raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from None
         set_dotted(tree, key.strip(), value)
     return tree
+
+
+def expand_env(obj: Any) -> Any:
+    """Expand ``$VAR`` / ``${VAR}`` in every string of a YAML tree (paths like ``$BREASTGAN_DATA/busi``)."""
+    if isinstance(obj, str):
+        return os.path.expandvars(obj)
+    if isinstance(obj, dict):
+        return {k: expand_env(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [expand_env(v) for v in obj]
+    return obj
 
 
 def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -16,7 +16,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from breastgan.config import apply_overrides, expand_env
 from breastgan.data.adapters import ADAPTERS
 from breastgan.data.adapters.readers import load_image, read_mask
 from breastgan.data.adapters.records import Annotation, ImageRecord
@@ -171,33 +171,6 @@ def task_args(cfg: PrepareConfig) -> BaseModel:
     return TASKS.entry(cfg.task.name).validate_args(cfg.task.args, where="task.args")
 
 
-def _expand(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return os.path.expandvars(obj)
-    if isinstance(obj, dict):
-        return {k: _expand(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_expand(v) for v in obj]
-    return obj
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """``key.sub=value`` overrides; values are parsed as YAML (``workers=1``, ``mode=lenient``)."""
-    raw = json.loads(json.dumps(raw, default=str))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value (e.g. splits.train_fraction=0.5)")
-        key, value = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
-    return raw
-
-
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), raw: dict[str, Any] | None = None) -> PrepareConfig:
     """Read a YAML config (environment variables expanded), apply overrides, validate."""
     if raw is None:
@@ -207,7 +180,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), r
         raw = yaml.safe_load(text) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
-    raw = _expand(apply_overrides(raw, overrides))
+    raw = expand_env(apply_overrides(raw, list(overrides)))
     try:
         cfg = PrepareConfig.model_validate(raw)
     except ValidationError as exc:

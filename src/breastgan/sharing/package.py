@@ -141,7 +141,7 @@ def _model_card(m: Manifest) -> str:
         f"# {m.name}", "", m.description or "A breastgan generator package.", "",
         "## Use", "", "```python", "import breastgan", f"gen = breastgan.load_generator('path/to/{m.name}')  # verifies hashes, no code is run",
         "images = gen.sample(16, seed=0)  # (16, C, H, W) float32 in [0, 1]", "```", "",
-        f"Or: `breastgan verify <pkg>` then `breastgan generate --package <pkg> -n 100 --out out/`.", "",
+        "Or: `breastgan verify <pkg>` then `breastgan generate --package <pkg> -n 100 --out out/`.", "",
         "## Model", "",
         f"- architecture: `{m.architecture.key}` from breastgan's registry; arguments: `{json.dumps(dict(m.architecture.args), sort_keys=True)}`",
         f"- latent: {m.latent.dim}-d standard normal ({m.latent.sampler})",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.utility.data import Pool, TrainingSet, balanced_order, pool_to_set, synthetic_to_set
+from breastgan.utility.data import Pool, TrainingSet, balanced_order, pool_to_set
 
 
 class _Strict(BaseModel):

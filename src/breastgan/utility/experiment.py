@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,19 +106,9 @@ class ExperimentConfig(_Strict):
         return Path(self.output_dir) / self.name
 
 
-def _expand(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return os.path.expandvars(obj)
-    if isinstance(obj, dict):
-        return {k: _expand(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_expand(v) for v in obj]
-    return obj
-
-
 def load_experiment_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     """A YAML path or dict -> validated config; ``overrides``: ``key.sub=value`` (YAML values); $VARS expanded."""
-    from breastgan.data.prepare import apply_overrides
+    from breastgan.config import apply_overrides, expand_env
 
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -131,7 +120,7 @@ def load_experiment_config(source: str | Path | dict[str, Any], overrides: list[
         raw, where = source, "config"
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected a mapping at the top level")
-    raw = _expand(apply_overrides(raw, overrides or []))
+    raw = expand_env(apply_overrides(raw, overrides or []))
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -8,7 +8,6 @@ Column names can be remapped with ``columns`` (e.g. ``{path: filename}``).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict

@@ -1,6 +1,6 @@
 """A prepared dataset folder (written by ``breastgan prepare``) as a training dataset.
 
-Training configs point at it with ``dataset: {name: prepared, args: {path: ..., split: train}}``.
+Training configs point at it with ``data: {source: {dataset: prepared, path: ..., split: train}}``.
 Images are loaded once into memory (prepared sets are patches or downsized images), so batches
 come from one tensor index (``get_batch``) instead of per-item Python calls.
 """
@@ -8,14 +8,13 @@ come from one tensor index (``get_batch``) instead of per-item Python calls.
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from breastgan.data.base import DATASETS, DatasetInfo, hash_tensor
+from breastgan.data.base import DATASETS, DatasetInfo, TensorDataset
 from breastgan.data.io import read_image
 
 
@@ -38,7 +37,7 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-class PreparedDataset:
+class PreparedDataset(TensorDataset):
     """Rows of a prepared dataset's manifest, filtered by split/shard/columns, as (1, H, W) float32 tensors."""
 
     def __init__(
@@ -82,33 +81,19 @@ class PreparedDataset:
         shapes = {p.shape for p in pixels}
         if len(shapes) != 1:
             raise ValueError(f"{self.path}: images of different sizes {sorted(shapes)[:4]}; prepare with a fixed size")
-        self.images = torch.from_numpy(np.stack(pixels)[:, None]).float().contiguous()
-        self.labels = torch.tensor([index[r[label_column]] if label_column else 0 for r in keep], dtype=torch.long)
+        images = torch.from_numpy(np.stack(pixels)[:, None]).float()
+        labels = torch.tensor([index[r[label_column]] if label_column else 0 for r in keep], dtype=torch.long)
         h, w = pixels[0].shape
-        self._options = f"split={split};label={label_column};classes={class_names};subset={train_subset_only};shard={shard};where={sorted((where or {}).items())}"
-        self.info = DatasetInfo(
+        options = f"split={split};label={label_column};classes={class_names};subset={train_subset_only};shard={shard};where={sorted((where or {}).items())}"
+        info = DatasetInfo(
             name=f"prepared:{self.path.name}",
             image_size=(h, w),
             class_names=tuple(class_names),
             bit_depth=16,
             extra={"path": str(self.path), "split": split, "n": len(keep), "shard": shard, "train_subset_only": train_subset_only},
         )
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[indices], self.labels[indices]
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(self._options.encode())
-        h.update("\n".join(r["item_id"] for r in self.rows).encode())
-        hash_tensor(self.images, h)
-        hash_tensor(self.labels, h)
-        return h.hexdigest()
+        # the fingerprint covers the selection options and item ids as well as the pixels and labels
+        super().__init__(images, labels, info, source=options + "\n" + "\n".join(r["item_id"] for r in keep))
 
 
 DATASETS.register("prepared", args=PreparedArgs, summary="a folder written by `breastgan prepare` (manifest.csv + images)")(PreparedDataset)

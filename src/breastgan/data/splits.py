@@ -72,13 +72,7 @@ def assign_splits(items: Sequence[SplitItem], fractions: Mapping[str, float], se
     furthest below its target share of that stratum's images.
     """
     _check_fractions(fractions)
-    unit_of = split_units(items)
-    members: dict[str, list[SplitItem]] = defaultdict(list)
-    for it in items:
-        members[unit_of[it.item_id]].append(it)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for unit in sorted(members):
-        strata[_unit_label(i.label for i in members[unit])].append(unit)
+    members, strata = _units_by_label(items)
     names = list(fractions)
     out: dict[str, str] = {}
     for label in sorted(strata):
@@ -95,6 +89,18 @@ def assign_splits(items: Sequence[SplitItem], fractions: Mapping[str, float], se
     return out
 
 
+def _units_by_label(items: Sequence[SplitItem]) -> tuple[dict[str, list[SplitItem]], dict[str, list[str]]]:
+    """Group items into split units (patient / near-duplicate group) and the units by label stratum."""
+    unit_of = split_units(items)
+    members: dict[str, list[SplitItem]] = defaultdict(list)
+    for it in items:
+        members[unit_of[it.item_id]].append(it)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for unit in sorted(members):
+        strata[_unit_label(i.label for i in members[unit])].append(unit)
+    return members, strata
+
+
 def reduced_training_subset(items: Sequence[SplitItem], splits: Mapping[str, str], fraction: float, seed: int = 0, train: str = "train") -> set[str]:
     """Item ids of a ``fraction`` of the training units (patients/groups), stratified by label."""
     if not 0.0 < fraction <= 1.0:
@@ -102,13 +108,7 @@ def reduced_training_subset(items: Sequence[SplitItem], splits: Mapping[str, str
     train_items = [it for it in items if splits.get(it.item_id) == train]
     if fraction == 1.0:
         return {it.item_id for it in train_items}
-    unit_of = split_units(train_items)
-    members: dict[str, list[SplitItem]] = defaultdict(list)
-    for it in train_items:
-        members[unit_of[it.item_id]].append(it)
-    strata: dict[str, list[str]] = defaultdict(list)
-    for unit in sorted(members):
-        strata[_unit_label(i.label for i in members[unit])].append(unit)
+    members, strata = _units_by_label(train_items)
     keep: set[str] = set()
     for label in sorted(strata):
         units = strata[label]

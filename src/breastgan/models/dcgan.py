@@ -128,7 +128,3 @@ class WGANCriticArgs(DCGANDiscriminatorArgs):
 @DISCRIMINATORS.register("wgan_gp_critic", args=WGANCriticArgs, summary="WGAN-GP critic: the DCGAN discriminator without batch norm", tags=("wgan-gp", "conditional"))
 class WGANGPCritic(DCGANDiscriminator):
     """DCGAN discriminator restricted to per-sample normalisation, as WGAN-GP requires."""
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

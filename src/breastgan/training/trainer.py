@@ -470,10 +470,10 @@ class Trainer:
             self.dp.load_state_dict(st.get("dp"), path)
         if st["last_labels_global"].numel():
             self._last_labels_global = st["last_labels_global"].cpu()
-        if self.batch_in_epoch > 0 and self.plan.global_batch != self._saved_global_batch(path):
+        saved_batch = self._saved_global_batch(path)
+        if self.batch_in_epoch > 0 and self.plan.global_batch != saved_batch:
             # positions are counted in global batches: map the consumed samples to the new batch size
-            consumed = self.batch_in_epoch * self._saved_global_batch(path)
-            self.batch_in_epoch = math.ceil(consumed / self.plan.global_batch)
+            self.batch_in_epoch = math.ceil(self.batch_in_epoch * saved_batch / self.plan.global_batch)
 
     @staticmethod
     def _saved_global_batch(path: Path) -> int:

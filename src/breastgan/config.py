@@ -1,6 +1,6 @@
 """Run configuration: YAML validated by pydantic, with errors that name the key and what is allowed.
 
-Components chosen by name (dataset, generator, discriminator, loss, evaluation callbacks) take their
+Components chosen by name (recipe, dataset, generator, discriminator, loss, loss terms, metrics) take their
 options inline next to the name (``generator: {arch: dcgan, latent_dim: 100}``); the options are
 validated against the registered component's own argument model, so an unknown key or a bad value
 is reported as ``model.generator.latent_dim: ...`` before anything is built.
@@ -68,51 +68,73 @@ def _component(registry_getter, key: str, model_name: str):
     return model
 
 
-def _datasets() -> Registry:
-    from breastgan.data import DATASETS
+def _registry(kind: str):
+    def get() -> Registry:
+        from breastgan.components import registry
 
-    return DATASETS
+        return registry(kind)
 
-
-def _generators() -> Registry:
-    from breastgan.models import GENERATORS
-
-    return GENERATORS
+    return get
 
 
-def _discriminators() -> Registry:
-    from breastgan.models import DISCRIMINATORS
-
-    return DISCRIMINATORS
-
-
-def _losses() -> Registry:
-    from breastgan.losses import LOSSES
-
-    return LOSSES
+DatasetSpec = _component(_registry("dataset"), "dataset", "DatasetSpec")
+GeneratorSpec = _component(_registry("generator"), "arch", "GeneratorSpec")
+DiscriminatorSpec = _component(_registry("discriminator"), "arch", "DiscriminatorSpec")
+RecipeSpec = _component(_registry("recipe"), "name", "RecipeSpec")
 
 
-def _callbacks() -> Registry:
-    from breastgan.training.callbacks import EVAL_CALLBACKS
-
-    import importlib.util
-
-    # the evaluation package registers its metric callbacks (kid, fid) on import
-    if importlib.util.find_spec("breastgan.evaluation.callbacks") is not None:
-        importlib.import_module("breastgan.evaluation.callbacks")
-
-    return EVAL_CALLBACKS
+class TermSpec(_component(_registry("loss term"), "term", "TermSpecBase")):  # type: ignore[misc]
+    """``{term: drift, weight: 0.001}``: a named, weighted extra loss term (losses/terms.py)."""
 
 
-DatasetSpec = _component(_datasets, "dataset", "DatasetSpec")
-GeneratorSpec = _component(_generators, "arch", "GeneratorSpec")
-DiscriminatorSpec = _component(_discriminators, "arch", "DiscriminatorSpec")
-LossSpec = _component(_losses, "name", "LossSpec")
-
-
-class EvalSpec(_component(_callbacks, "metric", "EvalSpecBase")):  # type: ignore[misc]
+class LossSpec(_component(_registry("loss"), "name", "LossSpecBase")):  # type: ignore[misc]
     model_config = ConfigDict(extra="allow")
-    every: int = Field(500, ge=1, description="run the callback every this many generator steps")
+    terms: list[TermSpec] = Field(default_factory=list, description="extra loss terms, each logged on its own")
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+
+# keys of an in-training evaluation entry that belong to the evaluation, not to the metric
+EVAL_KEYS = ("metric", "every", "n", "seed", "extractor", "cache_dir", "sample_batch", "n_boot", "options")
+
+
+class EvalSpec(Strict):
+    """``{metric: kid, every: 500, n: 500, <metric options>}``: any registered evaluation metric during training.
+
+    Synthetic images come from the recipe's ``synthesize`` (EMA modules), real ones from a fixed
+    seeded subset of the recipe's reference data. Options the metric's own model defines (e.g. KID's
+    ``subsets``) may be given inline or under ``options``.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    metric: str
+    every: int = Field(500, ge=1, description="evaluate every this many steps")
+    n: int = Field(256, ge=2, description="synthetic images per evaluation, and real images (at most) in the fixed subset")
+    seed: int = Field(12345, description="sampling seed and real-subset seed: fixed, so successive values differ by the model only")
+    extractor: Any = Field("inception-fid", description="feature extractor for feature metrics (name or spec dict)")
+    cache_dir: str | None = Field(None, description="real-feature cache; default $BREASTGAN_CACHE or ~/.cache/breastgan")
+    sample_batch: int = Field(64, ge=1, description="images synthesised per call")
+    n_boot: int = Field(0, ge=0, description="bootstrap replicates for intervals (0: none, the cheap default during training)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the metric's own options (also accepted inline)")
+
+    @model_validator(mode="after")
+    def _metric(self) -> "EvalSpec":
+        from breastgan.components import registry
+
+        try:
+            entry = registry("metric").entry(self.metric)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        try:
+            entry.validate_args(self.metric_options())
+        except ConfigArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def metric_options(self) -> dict[str, Any]:
+        return {**(self.model_extra or {}), **self.options}
 
 
 class DataConfig(Strict):
@@ -183,8 +205,8 @@ class TrainConfig(Strict):
     keep_last: int = Field(3, ge=1, description="keep this many most recent checkpoints (plus the best)")
     snapshot_every_epochs: int | None = Field(None, ge=1, description="save EMA generator weights every K epochs")
     snapshot_start_epoch: int = Field(0, ge=0)
-    eval: list[EvalSpec] = Field(default_factory=list)
-    best_metric: str | None = Field(None, description="'<callback>/<metric>' used to keep the best checkpoint")
+    eval: list[EvalSpec] = Field(default_factory=list, description="evaluation metrics computed during training (any registered metric)")
+    best_metric: str | None = Field(None, description="'<metric>' or '<metric>/<result>' (e.g. kid, pixel_stats/spectrum_l1) that selects the best checkpoint")
     nonfinite: Literal["stop", "rollback"] = Field("stop", description="on NaN/Inf: stop, or roll back to the last good checkpoint")
     max_rollbacks: int = Field(3, ge=0)
     monitor_window: int = Field(200, ge=1, description="steps with D winning outright before a warning")
@@ -200,7 +222,7 @@ class TrainConfig(Strict):
             cb = self.best_metric.split("/")[0]
             if cb not in names:
                 raise ValueError(
-                    f"train.best_metric {self.best_metric!r} names callback {cb!r}, which is not in train.eval "
+                    f"train.best_metric {self.best_metric!r} names metric {cb!r}, which is not in train.eval "
                     f"(configured: {sorted(names) or 'none'})"
                 )
         return self
@@ -209,6 +231,7 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
     output_dir: str = "runs"
+    recipe: RecipeSpec = Field(default_factory=lambda: RecipeSpec(name="gan"), description="what is trained and how a step goes (breastgan models)")  # type: ignore[call-arg]
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossSpec = Field(default_factory=lambda: LossSpec(name="nonsaturating"))  # type: ignore[call-arg]
@@ -217,9 +240,9 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _combination(self) -> "RunConfig":
-        from breastgan.losses import LOSSES
+        from breastgan.components import registry
 
-        loss_entry = LOSSES.entry(self.loss.name)
+        loss_entry = registry("loss").entry(self.loss.name)
         d_args = self.model.discriminator.args
         if getattr(loss_entry.obj, "uses_gradient_penalty", False) and d_args.get("norm", "batch") == "batch" and self.model.discriminator.component == "dcgan":
             raise ValueError(

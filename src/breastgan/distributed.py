@@ -134,6 +134,7 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     heartbeat: _Heartbeat | None = field(default=None, repr=False, compare=False)
+    _slow_group: Any = field(default=None, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -198,6 +199,40 @@ class DistContext:
         buf = buf.cpu()
         return buf[1 : 1 + d].clone(), buf[1 + d :].reshape(d, d).clone(), int(round(float(buf[0])))
 
+    def new_group(self, ranks: list[int], timeout_s: float | None = None) -> Any:
+        """A torch.distributed process sub-group (every rank must call this, in the same order)."""
+        if not self.distributed:
+            return None
+        kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        return dist.new_group(ranks=ranks, backend="gloo" if self.device.type == "cpu" else None, **kwargs)
+
+    def broadcast_object_patiently(self, obj: Any, what: str = "broadcast") -> Any:
+        """Broadcast from rank 0 over a group with a long timeout (``BREASTGAN_DIST_SLOW_TIMEOUT``, 24 h).
+
+        For results rank 0 computes alone while the others wait (an in-training FID can take longer
+        than the ordinary collective timeout). A lost peer still fails at once: gloo notices the
+        closed socket; only a rank that hangs is waited for this long.
+        """
+        if not self.distributed:
+            return obj
+        if self._slow_group is None:
+            self._slow_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=_slow_timeout_s()))
+        box = [obj]
+        self._guard(what, lambda: dist.broadcast_object_list(box, src=0, group=self._slow_group))
+        return box[0]
+
+    def mean_over_ranks(self, values: dict[str, float], what: str = "logged scalars") -> dict[str, float]:
+        """Per-key means over ranks (every rank must log the same keys; a mismatch is an error)."""
+        if not self.distributed:
+            return values
+        keys = sorted(values)
+        gathered = self.all_gather_object(keys, f"{what} (names)")
+        if any(g != keys for g in gathered):
+            raise DistributedError(f"{what}: ranks logged different scalars: {gathered}")
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        self._guard(what, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM))
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.cpu().tolist())}
+
     def check_same(self, label: str, value: str) -> None:
         """Fail on every rank if ranks disagree on ``value`` (e.g. config or dataset hash)."""
         mine = hashlib.sha256(value.encode()).hexdigest()
@@ -257,6 +292,10 @@ class DistContext:
 
 def _timeout_s() -> float:
     return float(os.environ.get("BREASTGAN_DIST_TIMEOUT", "300"))
+
+
+def _slow_timeout_s() -> float:
+    return float(os.environ.get("BREASTGAN_DIST_SLOW_TIMEOUT", str(24 * 3600)))
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:

@@ -41,8 +41,8 @@ def _initial_weights(run_dir) -> tuple[dict, dict]:
 
     record = read_json(run_dir / "run.json")
     torch.manual_seed(0)
-    g = GENERATORS.get(record["generator"]["arch"])(**record["generator"]["args"])
-    d = DISCRIMINATORS.get(record["discriminator"]["arch"])(**record["discriminator"]["args"])
+    g = GENERATORS.get(record["modules"]["generator"]["arch"])(**record["modules"]["generator"]["args"])
+    d = DISCRIMINATORS.get(record["modules"]["discriminator"]["arch"])(**record["modules"]["discriminator"]["args"])
     return g.state_dict(), d.state_dict()
 
 

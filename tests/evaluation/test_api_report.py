@@ -204,24 +204,29 @@ def test_every_metric_declares_an_input_policy():
         assert getattr(entry.obj, "policy", None), entry.name
 
 
-def test_training_callbacks_kid_and_fid(small_extractor, tmp_path):
+def test_in_training_kid_and_fid_use_the_evaluation_metrics(small_extractor, tmp_path):
+    """train.eval runs the registered metrics themselves: same numbers as evaluate() on the same sets."""
+    from breastgan.config import EvalSpec
     from breastgan.data.base import DatasetInfo, TensorDataset
-    from breastgan.evaluation import callbacks  # noqa: F401  (registers)
-    from breastgan.training.callbacks import EVAL_CALLBACKS
+    from breastgan.evaluation import evaluate
+    from breastgan.training.evaluation import TrainingEvaluator
 
     ds = TensorDataset(_textures(40, 32, 8), torch.zeros(40), DatasetInfo("t", (32, 32)))
-    kid = EVAL_CALLBACKS.build("kid", {"n": 30, "extractor": small_extractor, "cache_dir": str(tmp_path), "subsets": 10}, real=ds)
-    fid = EVAL_CALLBACKS.build("fid", {"n": 30, "extractor": small_extractor, "cache_dir": str(tmp_path)}, real=ds)
+    kid = TrainingEvaluator(EvalSpec(metric="kid", n=30, extractor=small_extractor, cache_dir=str(tmp_path), subsets=10, subset_size=30), ds)
+    fid = TrainingEvaluator(EvalSpec(metric="fid", n=30, extractor=small_extractor, cache_dir=str(tmp_path)), ds)
     calls = []
 
     def sample(n: int, seed: int) -> torch.Tensor:
         calls.append((n, seed))
         return _textures(n, 32, seed)
 
-    good = kid(lambda n, s: ds.images[:n], step=100)
-    bad = kid(sample, step=200)
-    assert next(iter(good)) == "kid" and good["kid"] < bad["kid"] and kid.lower_is_better
-    assert good["kid_subset_size"] == 30
-    f = fid(sample, step=200)
-    assert next(iter(f)) == "fid" and f["fid"] > 0
-    assert len(list(tmp_path.glob("*.npz"))) == 1  # real features cached once, shared by both callbacks
+    good = kid(lambda n, s: ds.images[:n])
+    bad = kid(sample)
+    assert next(iter(good)) == "kid" and good["kid"][0] < bad["kid"][0] and bad["kid"][1] is True
+    f = fid(sample)
+    assert next(iter(f)) == "fid" and f["fid"][0] > 0
+    assert len(list(tmp_path.glob("*.npz"))) == 1  # real features cached once, shared by both metrics
+    # the same value evaluate() reports for the same real subset and fakes
+    ref = evaluate(kid.real, _textures(30, 32, 12345), metrics=["kid"], options={"kid": {"subsets": 10, "subset_size": 30}},
+                   extractor=small_extractor, cache_dir=str(tmp_path), report=False)
+    assert ref["metrics"]["kid"]["value"] == pytest.approx(bad["kid"][0], rel=1e-6)

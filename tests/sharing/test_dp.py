@@ -73,28 +73,29 @@ def test_per_sample_clipping_bounds_each_contribution(tmp_path):
 
     cfg = load_config(dp_config(max_grad_norm=0.01))
     tr = Trainer(cfg, tmp_path / "t", init_distributed("cpu"))
+    dp = tr.recipe.dp  # the GAN recipe's DP discriminator phase
     seen = {}
-    original = tr.dp.optimizer.clip_and_accumulate
+    original = dp.optimizer.clip_and_accumulate
 
     def spy():
-        seen["n"] = len(tr.dp.optimizer.grad_samples[0])
+        seen["n"] = len(dp.optimizer.grad_samples[0])
         original()
-        seen["norm"] = torch.sqrt(sum((p.summed_grad ** 2).sum() for p in tr.dp.optimizer.params)).item()
+        seen["norm"] = torch.sqrt(sum((p.summed_grad ** 2).sum() for p in dp.optimizer.params)).item()
 
-    tr.dp.optimizer.clip_and_accumulate = spy
-    stats = tr.dp.d_step()
+    dp.optimizer.clip_and_accumulate = spy
+    stats = dp.d_step(tr.env)
     n = seen["n"]
-    assert n == int(stats["dp_real_batch"]) + tr.dp.expected_real  # one per-sample gradient per real and per fake image
+    assert n == int(stats["dp_real_batch"]) + dp.expected_real  # one per-sample gradient per real and per fake image
     assert seen["norm"] <= n * 0.01 + 1e-6  # each clipped to max_grad_norm before summing
 
     # patients: Poisson over patients, one image each
     ds = SimpleNamespace(rows=[{"patient_id": p} for p in "aabccc"], info=SimpleNamespace(name="fake"))
     units, unit = patient_units(ds, "auto")
     assert unit == "patient" and [u.tolist() for u in units] == [[0, 1], [2], [3, 4, 5]]
-    tr.dp.units, tr.dp.q = units, 0.7
+    dp.units, dp.q = units, 0.7
     owner = {0: "a", 1: "a", 2: "b", 3: "c", 4: "c", 5: "c"}
     for _ in range(50):
-        idx = tr.dp._sample_units().tolist()
+        idx = dp._sample_units(tr.env).tolist()
         assert len({owner[i] for i in idx}) == len(idx)
     with pytest.raises(ValueError, match="needs patient ids"):
         patient_units(SimpleNamespace(rows=None, info=SimpleNamespace(name="phantom")), "patient")

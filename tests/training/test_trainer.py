@@ -29,7 +29,7 @@ def test_run_directory_layout(tiny_config, tmp_path):
     run = tmp_path / "run"
     result = breastgan.train(tiny_config, run_dir=run)
     assert result.step == 12
-    for f in ("config.yaml", "run.json", "generator.json", "summary.json", "logs/metrics.jsonl", "logs/train.log"):
+    for f in ("config.yaml", "run.json", "model.json", "summary.json", "logs/metrics.jsonl", "logs/train.log"):
         assert (run / f).is_file(), f
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000006", "step_00000012"]
     assert (run / "samples" / "step_00000012.png").is_file()
@@ -41,7 +41,11 @@ def test_run_directory_layout(tiny_config, tmp_path):
     assert info["sessions"][0]["effective_batch"] == 16
     # training state loads without unpickling arbitrary objects
     state = torch.load(run / "checkpoints" / "step_00000012" / "training_state.pt", weights_only=True)
-    assert state["step"] == 12
+    assert state["loop"]["step"] == 12 and set(state["optimizers"]) == {"generator", "discriminator"}
+    meta = json.loads((run / "checkpoints" / "step_00000012" / "meta.json").read_text())
+    assert meta["modules"] == ["generator", "discriminator"] and meta["ema_modules"] == ["generator"] and meta["recipe"] == "gan"
+    model = json.loads((run / "model.json").read_text())
+    assert model["kind"] == "noise" and model["components"]["generator"]["module"] == "generator"
 
 
 def test_same_seed_same_weights(tiny_config, tmp_path):
@@ -163,7 +167,7 @@ def test_training_moves_samples_toward_real_distribution(tmp_path):
     """Integration: a few hundred steps of a tiny DCGAN on phantom patches measurably improve
     distribution statistics of the samples over the untrained generator."""
     from breastgan.data import build_dataset
-    from breastgan.training.callbacks import pixel_statistics_distance
+    from breastgan.evaluation.pixel_stats import pixel_statistics_distance
 
     cfg = {
         "data": {"source": {"dataset": "phantom", "n": 1024, "size": 32, "seed": 1}},

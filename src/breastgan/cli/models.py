@@ -26,14 +26,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @friendly_errors
     def models() -> None:
-        """List the registered architectures, losses, datasets and metrics with their options."""
+        """List the registered recipes, architectures, losses, loss terms, datasets and metrics with their options."""
         from rich.console import Console
 
-        from breastgan.config import _callbacks
-        from breastgan.data import DATASETS
-        from breastgan.losses import LOSSES
-        from breastgan.models import DISCRIMINATORS, GENERATORS
+        from breastgan.components import registry
 
         console = Console()
-        for title, reg in (("generators", GENERATORS), ("discriminators", DISCRIMINATORS), ("losses", LOSSES), ("datasets", DATASETS), ("training callbacks", _callbacks())):
-            console.print(_options_table(title, reg))
+        sections = (("recipes", "recipe"), ("generators", "generator"), ("discriminators", "discriminator"), ("losses", "loss"),
+                    ("loss terms", "loss term"), ("datasets", "dataset"), ("metrics (breastgan evaluate, train.eval)", "metric"))
+        for title, kind in sections:
+            console.print(_options_table(title, registry(kind)))

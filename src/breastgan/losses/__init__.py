@@ -1,6 +1,7 @@
-"""Adversarial losses (registry) and the gradient penalty."""
+"""Adversarial losses (registry), extra loss terms (registry) and the gradient penalty."""
 
 from breastgan.losses.adversarial import LOSSES, AdversarialLoss
 from breastgan.losses.gradient_penalty import gradient_penalty
+from breastgan.losses.terms import LOSS_TERMS, LossTerm, TermInputs, terms_from_loss
 
-__all__ = ["LOSSES", "AdversarialLoss", "gradient_penalty"]
+__all__ = ["LOSSES", "LOSS_TERMS", "AdversarialLoss", "LossTerm", "TermInputs", "gradient_penalty", "terms_from_loss"]

@@ -1,6 +1,7 @@
 """Adversarial objectives by name.
 
-Each loss maps raw discriminator outputs to a discriminator loss and a generator loss. Real-label
+Each loss maps raw discriminator outputs to a discriminator loss and a generator loss; regularisers
+(gradient penalty, drift, auxiliary classification, ...) are separate terms (``losses/terms.py``). Real-label
 targets are passed in by the trainer (drawn from its seeded stream) so one-sided label smoothing,
 fixed (0.9) or uniform per sample ([0.8, 1.1], the sharing study's recipe), is reproducible.
 """
@@ -127,10 +128,8 @@ class WassersteinGPLoss(AdversarialLoss):
         self.gp_target, self.drift = gp_target, drift
 
     def discriminator_loss(self, real, fake, real_targets=None):
-        loss = fake.mean() - real.mean()
-        if self.drift:
-            loss = loss + self.drift * (real**2).mean()
-        return loss
+        # the drift and the gradient penalty are loss terms (losses/terms.py), logged on their own
+        return fake.mean() - real.mean()
 
     def generator_loss(self, fake):
         return -fake.mean()

@@ -81,12 +81,14 @@ class DCGANDiscriminatorArgs(BaseModel):
     num_classes: int = Field(0, ge=0)
     conditioning: Literal["projection", "concat"] = "projection"
     dropout: float = Field(0.0, ge=0, lt=1)
+    aux_classifier: bool = Field(False, description="AC-GAN head: class logits from pooled features (loss term aux_classification)")
 
     _size = field_validator("image_size")(classmethod(lambda cls, v: _check_size(v)))
 
 
 class DCGANDiscriminator(nn.Module):
-    def __init__(self, image_size: int, channels: int, base_width: int, max_width: int, kernel_size: int, norm: Norm, num_classes: int, conditioning: str, dropout: float):
+    def __init__(self, image_size: int, channels: int, base_width: int, max_width: int, kernel_size: int, norm: Norm, num_classes: int,
+                 conditioning: str, dropout: float, aux_classifier: bool = False):
         super().__init__()
         self.num_classes, self.conditioning = num_classes, conditioning
         pad = (kernel_size - 1) // 2  # halves any even side for kernel sizes 3..9 with stride 2
@@ -103,9 +105,14 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(w, 1, 4, 1, 0)
         self.embed = nn.Embedding(num_classes, w) if num_classes > 0 and conditioning == "projection" else None
+        if aux_classifier and num_classes < 2:
+            raise ValueError("aux_classifier needs a conditional run (data.conditional: true, at least 2 classes)")
+        # created last, so the other layers' initial weights do not depend on whether it exists
+        self.aux = nn.Linear(w, num_classes) if aux_classifier else None
         self.apply(dcgan_init)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, return_aux: bool = False):
+        """Scores (N,); with ``return_aux`` also the auxiliary classifier's logits (N, num_classes)."""
         if self.num_classes > 0 and labels is None:
             raise ValueError(f"this discriminator is conditional on {self.num_classes} classes: pass labels")
         if self.num_classes > 0 and self.conditioning == "concat":
@@ -115,6 +122,10 @@ class DCGANDiscriminator(nn.Module):
         out = self.head(h).flatten(1).sum(1)
         if self.embed is not None:
             out = out + (self.embed(labels) * h.sum(dim=(2, 3))).sum(1)
+        if return_aux:
+            if self.aux is None:
+                raise ValueError("this discriminator has no auxiliary classifier (model.discriminator.aux_classifier: true)")
+            return out, self.aux(h.sum(dim=(2, 3)))
         return out
 
 

@@ -1,0 +1,9 @@
+"""Recipes: what is trained and how one step goes (the loop in training/trainer.py does the rest).
+
+Importing this package registers the built-in recipes in :data:`RECIPES`.
+"""
+
+from breastgan.training.recipes import gan  # noqa: F401  (registers 'gan')
+from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec
+
+__all__ = ["RECIPES", "Recipe", "RecipeArgs", "OptimizerSpec", "SchedulerSpec", "StepOutput", "StreamSpec"]

@@ -240,8 +240,7 @@ class GANRecipe(Recipe):
         class_names = list(info.class_names) if self.num_classes else []
         return ModelFile(
             kind="noise", components={"generator": ComponentSpec(arch=arch, args=args, module="generator")},
-            inputs={"latent": {"dim": int(args["latent_dim"]), "distribution": "standard_normal"},
-                    "labels": {"conditional": bool(self.num_classes), "class_names": class_names}},
+            inputs={"latent": {"dim": int(args["latent_dim"]), "distribution": "standard_normal"}},
             output={"value_range": [0.0, 1.0], "channels": info.channels, "image_size": list(info.image_size), "bit_depth": info.bit_depth},
             class_names=class_names,
         )

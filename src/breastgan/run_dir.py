@@ -215,3 +215,18 @@ def read_dp_guarantee(ckpt: str | Path) -> dict[str, Any] | None:
     state = read_training_state(ckpt)
     dp = state.get("dp") if "recipe" not in state else (state.get("recipe") or {}).get("dp")
     return guarantee_from_state(dp)
+
+
+def checkpoint_model_file(info: CheckpointInfo, run: str | Path) -> ModelFile:
+    """The model file describing *this* checkpoint's weights.
+
+    Checkpoints record their own (``meta.json`` ``model``), because a recipe whose structure changes
+    (a progressive GAN growing) rewrites the run's model.json for the newest structure, which older
+    checkpoints do not have. Checkpoints without one (breastgan 0.1) are described by the run's file.
+    """
+    if info.meta.get("model"):
+        try:
+            return ModelFile.model_validate(info.meta["model"])
+        except ValidationError as exc:
+            raise RunDirError(f"{info.path / META}: field 'model' is not a valid model file ({exc})") from None
+    return read_model_file(run)

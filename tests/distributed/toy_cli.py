@@ -1,7 +1,7 @@
 """Entry point the distributed tests launch under ``python -m torch.distributed.run``.
 
 It registers ``toy``, a tiny deterministic in-memory dataset (every rank builds the same tensors
-from a fixed seed), then runs the ordinary breastgan CLI with the remaining arguments, so the tests
+from a fixed seed) and the test recipe ``test_twin`` (twin_recipe.py), then runs the ordinary breastgan CLI with the remaining arguments, so the tests
 exercise the same path a user's ``torchrun -m breastgan ...`` takes.
 
 Test-only knobs (environment):
@@ -44,6 +44,9 @@ def toy(n: int = 64, size: int = 32) -> TensorDataset:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import twin_recipe  # noqa: F401  (registers the test recipe 'test_twin')
+
     pid_dir = os.environ.get("BREASTGAN_TEST_PID_DIR")
     if pid_dir:
         Path(pid_dir, f"rank{RANK}.pid").write_text(str(os.getpid()))

@@ -97,12 +97,6 @@ class Trainer:
         self.env = StepEnv(ctx, t.seed, amp_dtype, t.channels_last)
         entry = RECIPES.entry(config.recipe.component)
         self.recipe: Recipe = entry.obj(config, config.recipe.validated_args(), self.env)
-        self._build_streams()
-        if ctx.distributed:
-            ctx.check_same("configuration", config.model_dump_json())
-            for i, (name, s) in enumerate(self.env.streams.items()):
-                if s.sharding == "global":
-                    ctx.check_same("dataset" if i == 0 else f"dataset of stream {name!r}", s.dataset.fingerprint())
 
         # state --------------------------------------------------------------------------------
         self.step = 0  # completed steps (GAN: generator updates)
@@ -116,7 +110,13 @@ class Trainer:
         if resume and latest is None:
             raise FileNotFoundError(f"{self.run_dir}: no complete checkpoint to resume from (checkpoints/step_*/meta.json)")
         if latest is not None:
-            self.recipe.set_structure(latest["structure"])  # before any module is built
+            self.recipe.set_structure(latest["structure"])  # before streams (batch size) and modules are built
+        self._build_streams()
+        if ctx.distributed:
+            ctx.check_same("configuration", config.model_dump_json())
+            for i, (name, s) in enumerate(self.env.streams.items()):
+                if s.sharding == "global":
+                    ctx.check_same("dataset" if i == 0 else f"dataset of stream {name!r}", s.dataset.fingerprint())
         self._build(initial=True)
         self.evaluators = self._build_evaluators()
         if latest is not None:
@@ -172,7 +172,15 @@ class Trainer:
             if not params:
                 raise ConfigError(f"recipe optimiser {name!r} has no trainable parameters in modules {list(spec.modules)}")
             env.optimizers[name] = spec.factory(params)
+        old_schedulers = dict(getattr(self, "schedulers", {}))
         self.schedulers = {name: spec.factory(env.optimizers[spec.optimizer]) for name, spec in self.recipe.schedulers().items()}
+        for name, sched in self.schedulers.items():
+            if name in old_schedulers:
+                # optimiser moments restart with the new parameters (as ProGAN resets Adam at each stage),
+                # but the learning-rate schedule continues where it was
+                sched.load_state_dict(old_schedulers[name].state_dict())
+                for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
+                    group["lr"] = lr
         ddp = set(self.recipe.ddp_modules()) if ctx.distributed else set()
         ids = [self.device.index] if self.device.type == "cuda" else None
         env.train_modules = {name: (DDP(m, device_ids=ids) if name in ddp else m) for name, m in modules.items()}
@@ -282,6 +290,10 @@ class Trainer:
                 self._end_epoch()  # the last step completed an epoch: count it (and snapshot it)
             if self.last_checkpoint_step != self.step:
                 self._checkpoint()
+            if t.best_metric:
+                # every rank says what it believes: they agree because rank 0's verdicts are broadcast
+                self.log.info(f"rank {self.ctx.rank}: best checkpoint step {self.best[2] if self.best else None} "
+                              f"({t.best_metric} = {self.best[1] if self.best else None})")
             if self.ctx.is_main:
                 self._write_samples(logger)
                 summary = self._summary(stopped_early)
@@ -319,6 +331,7 @@ class Trainer:
         self._rebatch(old_batch)
         if self.ctx.is_main:
             self.log.info(f"step {self.step}: structure changed to {structure}")
+            write_model_file(self.run_dir, self.recipe.model_file(self.recipe.arch_args()))  # describes the newest checkpoints
 
     def _rebatch(self, old_global_batch: int) -> None:
         """Follow the recipe's per-structure batch size; positions count consumed samples."""
@@ -404,6 +417,8 @@ class Trainer:
             "world_size": self.ctx.world_size, "effective_batch": p.plan.global_batch,
             "rollbacks": self.rollbacks, "best": list(self.best) if self.best else None,
             "recipe": self.cfg.recipe.component, "structure": self.recipe.structure(),
+            # what this checkpoint's weights are, also when the structure changed since (run_dir.checkpoint_model_file)
+            "model": self.recipe.model_file(self.recipe.arch_args()).model_dump(mode="json"),
         }
 
     def _training_state(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import torch
 import breastgan
 from breastgan.data.phantom import PhantomDataset
 from sharing_helpers import TINY
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS / "generation"))  # handbuilt.py: hand-built run directories of every kind
+LEGACY_PACKAGE = TESTS / "fixtures" / "legacy" / "package_v1"
 
 FAST_AUDIT = {"n_samples": 100, "n_boot": 20, "n_candidates": 48, "inversion": {"steps": 10, "restarts": 1}}
 
@@ -40,4 +45,12 @@ def package(exported, tmp_path) -> Path:
     """A private copy of the exported package that a test may tamper with."""
     dst = tmp_path / "pkg"
     shutil.copytree(exported, dst)
+    return dst
+
+
+@pytest.fixture
+def package_v1(tmp_path) -> Path:
+    """A private copy of the schema-v1 package recorded with breastgan 0.1.0 (a conditional DCGAN, latent 16)."""
+    dst = tmp_path / "pkg_v1"
+    shutil.copytree(LEGACY_PACKAGE, dst)
     return dst

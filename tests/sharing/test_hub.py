@@ -44,7 +44,8 @@ def test_add_list_info_search_remove(exported, tmp_path):
     e = hub.add(exported)
     assert e.id.startswith("tiny-phantom-") and e.manifest_sha256 == hashlib.sha256((exported / "manifest.json").read_bytes()).hexdigest()
     assert [x.id for x in hub.list()] == [e.id] and hub.add(exported).id == e.id  # adding again is idempotent
-    assert hub.info("tiny-phantom")["manifest"]["architecture"]["key"] == "dcgan"
+    assert hub.info("tiny-phantom")["manifest"]["components"]["generator"]["architecture"]["key"] == "dcgan"
+    assert e.kind == "noise" and e.architecture == "dcgan" and hub.search(kind="noise") == [e] and hub.search(kind="translation") == []
     assert hub.search(modality="mammography", resolution=32) == [e]
     assert hub.search(resolution="64x64") == [] and hub.search(label="lesion") == []  # unconditional package
     assert hub.search(metric="missing<=1") == [] and hub.search(max_epsilon=10) == []

@@ -30,7 +30,11 @@ def test_export_verify_load_sample_round_trip(exported, tiny_run):
     run_gen = breastgan.load_generator(tiny_run)
     assert torch.equal(pkg_gen.sample(6, seed=5), run_gen.sample(6, seed=5))
     m = read_manifest(exported)
-    assert m["architecture"]["key"] == "dcgan" and m["latent"]["dim"] == 16
+    assert m["schema_version"] == 2 and m["kind"] == "noise"
+    assert m["components"] == {"generator": {"architecture": {"key": "dcgan", "args": m["components"]["generator"]["architecture"]["args"]},
+                                             "weights": "generator.safetensors"}}
+    assert m["components"]["generator"]["architecture"]["args"]["latent_dim"] == 16 and m["inputs"]["latent"]["dim"] == 16
+    assert set(m["reference_samples"]["sha256"]) == {"seed_0", "seed_1", "seed_2"} and m["reference_samples"]["input_images"] is None
     assert m["training_data"] == {"dataset_kind": "phantom", "image_size": [32, 32], "n_images": 128,
                                   "n_patients": None, "n_per_class": {"healthy": 64, "lesion": 64}}
     assert m["privacy_audit"]["checks"] and m["privacy_audit"]["thresholds"]["max_mia_auc"] == 0.6
@@ -170,7 +174,7 @@ def test_unlisted_files_symlinks_and_directories_are_refused(package, tmp_path):
         load_package(package)
 
 
-@pytest.mark.parametrize("mutate, message", [
+V1_REJECTIONS = [  # the rules of schema v1, unchanged (run on the v1 package recorded with breastgan 0.1.0)
     (lambda m: m.update(loader="os:system"), "loader: unknown key"),
     (lambda m: m["architecture"].update(module="evil.py"), "architecture.module: unknown key"),
     (lambda m: m["architecture"].update(key="torch.nn.modules:Linear"), "architecture.key"),
@@ -179,17 +183,95 @@ def test_unlisted_files_symlinks_and_directories_are_refused(package, tmp_path):
     (lambda m: m["architecture"]["args"].update(_target_="os.system"), "architecture.args"),
     (lambda m: m["architecture"]["args"].update(hook="builtins.exec"), "unknown option for 'dcgan'"),
     (lambda m: m["architecture"]["args"].update(latent_dim=17), "latent.dim is 16 but architecture.args give 17"),
-    (lambda m: m.update(schema_version=2), "schema_version 2 is not supported"),
+    (lambda m: m.update(schema_version=3), "schema_version 3 is not supported"),
     (lambda m: m.update(format="medigan"), "format is 'medigan'"),
     (lambda m: m["files"].update({"../escape.bin": m["files"]["README.md"]}), "files"),
     (lambda m: m["files"]["generator.safetensors"].update(role="model_card"), "role 'weights'"),
+    (lambda m: m["files"]["generator.safetensors"].update(role="codes"), "files.generator.safetensors.role"),  # a v2 role
     (lambda m: m["privacy_audit"].update(status="failed", forced=False), "without forced=true"),
-])
-def test_manifest_rejections(package, mutate, message):
+    (lambda m: m.update(kind="noise"), "kind: unknown key"),
+]
+
+G2 = ("components", "generator", "architecture")
+
+
+def _at(m, path):
+    for p in path:
+        m = m[p]
+    return m
+
+
+V2_REJECTIONS = [  # the same rules at their v2 places, and the v2 rules on kinds, components and inputs
+    (lambda m: m.update(loader="os:system"), "loader: unknown key"),
+    (lambda m: _at(m, G2).update(module="evil.py"), "components.generator.architecture.module: unknown key"),
+    (lambda m: _at(m, G2).update(key="torch.nn.modules:Linear"), "components.generator.architecture.key"),
+    (lambda m: _at(m, G2).update(key="os.system"), "components.generator.architecture.key"),
+    (lambda m: _at(m, G2).update(key="stylegan9"), "components.generator.architecture.key 'stylegan9' is not a breastgan generator"),
+    (lambda m: _at(m, G2)["args"].update(_target_="os.system"), "components.generator.architecture.args"),
+    (lambda m: _at(m, G2)["args"].update(hook="builtins.exec"), "unknown option for 'dcgan'"),
+    (lambda m: _at(m, G2)["args"].update(latent_dim=17), "inputs.latent.dim is 16 but components.generator.architecture.args give 17"),
+    (lambda m: _at(m, G2)["args"].update(image_size=64), r"output.height/width is \(32, 32\) but components.generator.architecture.args give \(64, 64\)"),
+    (lambda m: m["components"]["generator"].update(loader="x"), "components.generator.loader: unknown key"),
+    (lambda m: m.update(schema_version=3), "schema_version 3 is not supported"),
+    (lambda m: m.update(schema_version=1), "schema v1"),  # a v2 manifest is not a v1 one
+    (lambda m: m.update(format="medigan"), "format is 'medigan'"),
+    (lambda m: m.update(kind="gan3000"), "kind 'gan3000' is not a breastgan generator kind; available: inversion, noise, translation"),
+    (lambda m: m.update(kind="os.system"), "kind"),
+    (lambda m: m.update(kind="translation"), r"components: \['generator'\] is not a role of kind 'translation'"),
+    (lambda m: m["components"].update(g2=m["components"].pop("generator")), r"\['g2'\] is not a role of kind 'noise'"),
+    (lambda m: m["components"].clear(), "components"),
+    (lambda m: m["inputs"].pop("latent"), "kind 'noise' needs inputs.latent"),
+    (lambda m: m["inputs"].update(image={"channels": 1, "directions": ["a2b"]}), "inputs.image is not used by kind 'noise'"),
+    (lambda m: m["inputs"].update(codes={"count": 2, "file": "codes.safetensors"}), "inputs.codes is not used by kind 'noise'"),
+    (lambda m: m["inputs"].update(latent_file="x"), "inputs.latent_file: unknown key"),
+    (lambda m: m["components"]["generator"].update(weights="README.md"), "components.generator.weights: 'README.md' is not listed in files with role 'weights'"),
+    (lambda m: m["components"]["generator"].update(weights="../g.safetensors"), "components.generator.weights"),
+    (lambda m: m["files"]["generator.safetensors"].update(role="model_card"), "is not listed in files with role 'weights'"),
+    (lambda m: m["files"]["generator.safetensors"].update(role="codes"), "is not listed in files with role 'weights'"),
+    (lambda m: m["files"]["README.md"].update(role="weights"), "files.README.md: a weights file that no component names"),
+    (lambda m: m["files"]["../escape.bin"] if False else m["files"].update({"../escape.bin": m["files"]["README.md"]}), "files"),
+    (lambda m: m["reference_samples"]["sha256"].update(seed_9=m["reference_samples"]["sha256"].pop("seed_0")), "reference_samples.sha256: keys"),
+    (lambda m: m["reference_samples"]["sha256"].update({"../x": "0" * 64}), "reference_samples.sha256"),
+    (lambda m: m["reference_samples"].update(input_images="breastgan-synthetic-v1"), "kind 'noise' takes no input images"),
+    (lambda m: m["privacy_audit"].update(status="failed", forced=False), "without forced=true"),
+    (lambda m: m.update(architecture=m["components"]["generator"]["architecture"]), "architecture: unknown key"),
+]
+
+
+@pytest.mark.parametrize("version, mutate, message", [("v1", *r) for r in V1_REJECTIONS] + [("v2", *r) for r in V2_REJECTIONS])
+def test_manifest_rejections(request, version, mutate, message):
+    package = request.getfixturevalue("package_v1" if version == "v1" else "package")
     m = read_manifest(package)
     mutate(m)
     write_manifest(package, m)
     with pytest.raises(PackageError, match=message):
+        load_package(package)
+
+
+def test_consistency_is_checked_before_any_module_is_built(package, package_v1, monkeypatch):
+    from breastgan.generation import kinds
+
+    monkeypatch.setattr(kinds.PlannedComponent, "build", lambda self: pytest.fail("a module was built before the manifest was checked"))
+    for pkg, path in ((package, ("components", "generator", "architecture", "args")), (package_v1, ("architecture", "args"))):
+        m = read_manifest(pkg)
+        _at(m, path).update(latent_dim=17)
+        write_manifest(pkg, m)
+        with pytest.raises(PackageError, match="latent.dim is 16 but .*architecture.args give 17"):
+            load_package(pkg)
+    m = read_manifest(package)
+    _at(m, ("components", "generator", "architecture", "args")).update(latent_dim=16)
+    m["labels"] = {"conditional": True, "class_names": ["healthy", "lesion"]}
+    write_manifest(package, m)
+    with pytest.raises(PackageError, match=r"labels.class_names \(count\) is 2 but components.generator.architecture.args give 0"):
+        load_package(package)
+
+
+def test_v2_weights_file_without_a_component_is_refused(package):
+    (package / "spare.safetensors").write_bytes((package / "generator.safetensors").read_bytes())
+    m = read_manifest(package)
+    m["files"]["spare.safetensors"] = dict(m["files"]["generator.safetensors"])
+    resign(package, m)
+    with pytest.raises(PackageError, match="files.spare.safetensors: a weights file that no component names"):
         load_package(package)
 
 

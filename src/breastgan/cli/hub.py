@@ -62,10 +62,12 @@ def search(
     modality: Optional[str] = typer.Option(None), resolution: Optional[str] = typer.Option(None, help="128 or 128x128"),
     label: Optional[str] = typer.Option(None), metric: Optional[str] = typer.Option(None, help="e.g. 'kid<=0.05'"),
     max_epsilon: Optional[float] = typer.Option(None, help="only DP packages with epsilon at most this"),
-    name: Optional[str] = typer.Option(None, help="substring of the package name"), hub: Optional[Path] = HUB_OPTION,
+    name: Optional[str] = typer.Option(None, help="substring of the package name"),
+    kind: Optional[str] = typer.Option(None, help="noise, translation or inversion"), hub: Optional[Path] = HUB_OPTION,
 ) -> None:
-    """Find packages by modality, resolution, label, metric or DP epsilon."""
-    _table(_hub(hub).search(modality=modality, resolution=resolution, label=label, metric=metric, max_epsilon=max_epsilon, text=name))
+    """Find packages by kind, modality, resolution, label, metric or DP epsilon."""
+    _table(_hub(hub).search(modality=modality, resolution=resolution, label=label, metric=metric, max_epsilon=max_epsilon, text=name,
+                            kind=kind))
 
 
 @hub_app.command("remove")

@@ -1,146 +1,51 @@
-"""Load a trained generator without running any code from the files it comes with.
+"""Load a trained model of any kind without running any code from the files it comes with.
 
-Sources: a run directory (``generator.json`` + a checkpoint's safetensors), a single checkpoint
-directory, or a run's snapshot set (the model-sharing study's snapshot ensemble: image i comes from
-snapshot i mod S). The architecture is looked up by key in breastgan's registry and its arguments
-are validated; weights load through safetensors only.
+Sources (see :mod:`breastgan.generation.source_loaders`): a run directory (``model.json``, or a v1
+``generator.json`` read as kind 'noise', + a checkpoint's safetensors), one of its checkpoint
+directories, a run's snapshot set (the model-sharing study's snapshot ensemble: image i comes from
+snapshot i mod S), or anything a plug-in registers (``breastgan.sharing``: generator packages).
+
+Run directories are read only through :mod:`breastgan.run_dir`. Each component's architecture is looked
+up by key in breastgan's registry, its arguments validated and checked against the model file before
+anything is built; each weights file is read as bytes and its safetensors header checked against the
+built module before a tensor is materialised.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from safetensors.torch import load_file
 
-from breastgan.generation.latents import latents_for
-from breastgan.models.registry import GENERATORS, GeneratorBase
+from breastgan.generation.kinds import (
+    ComponentRequest,
+    Declared,
+    GeneratorLoadError,
+    LoadedGenerator,
+    LoadedModel,
+    build_component,
+    codes_template,
+    kind_class,
+    plan_components,
+)
+from breastgan.generation.source_loaders import find_source_loader, register_source_loader
+from breastgan.models.weights import load_state_dict_checked
+from breastgan.run_dir import (
+    LEGACY_MODEL_FILE,
+    MODEL_FILE,
+    SNAPSHOTS,
+    CheckpointInfo,
+    ModelFile,
+    RunDirError,
+    checkpoint_at,
+    find_checkpoint,
+    is_run_dir,
+    list_snapshots,
+    read_model_file,
+)
 
-
-class GeneratorLoadError(ValueError):
-    pass
-
-
-class LoadedGenerator:
-    """One or more generator weight sets (a snapshot ensemble) behind one ``sample`` call."""
-
-    def __init__(self, models: list[GeneratorBase], meta: dict, sources: list[str], device: torch.device):
-        self.models, self.meta, self.sources, self.device = models, meta, sources, device
-        self.latent_dim = models[0].latent_dim
-        self.num_classes = models[0].num_classes
-        self.class_names: list[str] = list(meta.get("class_names") or [])
-        self.image_size = tuple(models[0].image_size)
-        self.channels = models[0].channels
-
-    def _labels(self, labels, start: int, stop: int, drawn: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.num_classes:
-            if labels is not None:
-                raise ValueError("this generator is unconditional: do not pass labels")
-            return None
-        if labels is None:
-            return drawn
-        if isinstance(labels, (int, str)):
-            labels = [labels] * (stop - start)
-        else:
-            labels = list(labels)[start:stop] if len(labels) > stop - start else list(labels)
-        out = []
-        for lab in labels:
-            if isinstance(lab, str):
-                if lab not in self.class_names:
-                    raise ValueError(f"unknown label {lab!r}; this generator knows {self.class_names}")
-                lab = self.class_names.index(lab)
-            if not 0 <= int(lab) < self.num_classes:
-                raise ValueError(f"label {lab} out of range 0..{self.num_classes - 1}")
-            out.append(int(lab))
-        return torch.tensor(out, dtype=torch.long)
-
-    @torch.no_grad()
-    def sample_range(self, start: int, stop: int, seed: int = 0, labels=None, batch_size: int = 64) -> torch.Tensor:
-        """Images with global indices [start, stop) for ``seed``; (N, C, H, W) float32 in [0, 1]."""
-        chunks = []
-        for a in range(start, stop, batch_size):
-            b = min(stop, a + batch_size)
-            z, drawn = latents_for(a, b, self.latent_dim, seed, self.num_classes)
-            y = self._labels(labels, a - start, b - start, drawn) if labels is not None else self._labels(None, a, b, drawn)
-            out = torch.empty(b - a, self.channels, *self.image_size)
-            owner = torch.arange(a, b) % len(self.models)  # snapshot ensemble: image i from snapshot i mod S
-            for k, model in enumerate(self.models):
-                sel = (owner == k).nonzero().flatten()
-                if sel.numel() == 0:
-                    continue
-                yy = y[sel].to(self.device) if y is not None else None
-                img = model(z[sel].to(self.device), yy).float()
-                out[sel] = ((img.clamp(-1, 1) + 1) / 2).cpu()
-            chunks.append(out)
-        return torch.cat(chunks)
-
-    def sample(self, n: int, seed: int = 0, labels=None, batch_size: int = 64) -> torch.Tensor:
-        """``n`` images for ``seed`` (the same seed always gives the same images).
-
-        ``labels``: None (drawn uniformly for conditional models), one label (index or class name)
-        for all, or a sequence of n labels.
-        """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        return self.sample_range(0, n, seed, labels, batch_size)
-
-    def save(self, out_dir: str | Path, n: int, seed: int = 0, labels=None, fmt: str = "png", bit_depth: int = 16, batch_size: int = 64):
-        from breastgan.generation.writer import write_images
-
-        return write_images(self, out_dir, n=n, seed=seed, labels=labels, fmt=fmt, bit_depth=bit_depth, batch_size=batch_size)
-
-
-def _read_generator_meta(run: Path) -> dict:
-    f = run / "generator.json"
-    if not f.is_file():
-        raise GeneratorLoadError(f"{run}: no generator.json; not a breastgan run directory")
-    meta = json.loads(f.read_text())
-    if meta.get("format") != "breastgan-generator/1":
-        raise GeneratorLoadError(f"{f}: unsupported format {meta.get('format')!r}; expected 'breastgan-generator/1'")
-    return meta
-
-
-def _instantiate(meta: dict, weights: Path, device: torch.device) -> GeneratorBase:
-    arch = meta["arch"]
-    if arch not in GENERATORS:
-        raise GeneratorLoadError(f"{weights}: unknown generator architecture {arch!r}; available {GENERATORS.names()}")
-    args = GENERATORS.entry(arch).validate_args(meta["args"], "generator.args").model_dump()
-    model = GENERATORS.get(arch)(**args)
-    tensors = load_file(str(weights))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise GeneratorLoadError(f"{weights}: tensors do not match {arch!r} (missing {missing[:4]}, unexpected {extra[:4]})")
-    for k, t in tensors.items():
-        if t.shape != expected[k].shape:
-            raise GeneratorLoadError(f"{weights}: tensor {k!r} has shape {tuple(t.shape)}, the architecture expects {tuple(expected[k].shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise GeneratorLoadError(f"{weights}: tensor {k!r} holds NaN/Inf")
-    model.load_state_dict(tensors)
-    return model.to(device).eval()
-
-
-def _checkpoint_dir(run: Path, checkpoint: str | int) -> Path:
-    from breastgan.training.checkpoint import CheckpointManager
-
-    mgr = CheckpointManager(run, keep_last=1)
-    items = mgr.list()
-    if not items:
-        raise GeneratorLoadError(f"{run}: no checkpoints in {run / 'checkpoints'}")
-    if checkpoint == "latest":
-        return items[-1].path
-    if checkpoint == "best":
-        best = mgr.best_step()
-        if best is None:
-            raise GeneratorLoadError(f"{run}: no best checkpoint recorded (set train.eval and train.best_metric)")
-        checkpoint = best
-    for info in items:
-        if info.step == int(checkpoint):
-            return info.path
-    raise GeneratorLoadError(f"{run}: no checkpoint for step {checkpoint}; available steps {[i.step for i in items]}")
+__all__ = ["GeneratorLoadError", "LoadedGenerator", "load_generator", "load_run"]
 
 
 def load_generator(
@@ -150,36 +55,163 @@ def load_generator(
     ema: bool = True,
     snapshots: str | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
-) -> LoadedGenerator:
-    """Load a generator from a run directory (or an exported generator package when supported).
+) -> LoadedModel:
+    """Load a model from a run directory, a checkpoint directory or a generator package.
 
-    ``checkpoint``: 'latest', 'best' or a step number. ``ema``: use the EMA weights (default).
-    ``snapshots``: 'all' or a list of epochs to sample from the run's snapshot set instead.
+    Returns the run's or package's kind: :class:`LoadedGenerator` (noise), ``LoadedTranslator``
+    (translation) or ``LoadedInversion`` (inversion). ``checkpoint``: 'latest', 'best' or a step number.
+    ``ema``: use the EMA weights of the modules that have them (default). ``snapshots``: 'all' or a list
+    of epochs to sample from the run's snapshot set instead (kind 'noise').
     """
     src = Path(source)
-    device = torch.device(device)
-    if (src / "manifest.json").is_file():
-        from breastgan.sharing import load_package  # generator packages (sharing issue)
+    loader = find_source_loader(src)
+    if loader is None:
+        if not src.exists():
+            raise GeneratorLoadError(f"{src}: does not exist")
+        raise GeneratorLoadError(f"{src}: not a breastgan run directory (no {MODEL_FILE} or {LEGACY_MODEL_FILE}), "
+                                 "checkpoint directory or generator package")
+    return loader.load(src, checkpoint=checkpoint, ema=ema, snapshots=snapshots, device=torch.device(device))
 
-        return load_package(src, device=device)
-    if (src / "meta.json").is_file() and (src / "generator_ema.safetensors").is_file():
-        run, ckpt_dir = src.parent.parent, src  # a checkpoint directory inside a run
-    else:
-        run, ckpt_dir = src, None
-    meta = _read_generator_meta(run)
-    if snapshots is not None:
-        snap_dir = run / "snapshots"
-        files = sorted(snap_dir.glob("epoch_*.safetensors"))
+
+def _accepts_run(path: Path) -> bool:
+    return path.is_dir() and (is_run_dir(path) or checkpoint_at(path) is not None)
+
+
+def _declared(model: ModelFile, where: str) -> dict[str, Declared]:
+    """What the model file says the components are, with the field saying it."""
+    out: dict[str, Declared] = {}
+    latent = model.inputs.get("latent")
+    if isinstance(latent, dict) and latent.get("dim") is not None:
+        out["latent_dim"] = Declared(latent["dim"], "inputs.latent.dim")
+    image = model.inputs.get("image")
+    if isinstance(image, dict):
+        if image.get("channels") is not None:
+            out["channels"] = Declared(image["channels"], "inputs.image.channels")
+        if image.get("size_multiple") is not None:
+            out["size_multiple"] = Declared(image["size_multiple"], "inputs.image.size_multiple")
+    channels = model.output.get("channels")
+    if channels is not None:
+        if "channels" in out and out["channels"].value != channels:
+            raise GeneratorLoadError(f"{where}: output.channels is {channels!r} but inputs.image.channels is {out['channels'].value!r}; "
+                                     "a translator keeps the shape")
+        out.setdefault("channels", Declared(channels, "output.channels"))
+    if model.output.get("image_size") is not None:
+        out["image_size"] = Declared(model.output["image_size"], "output.image_size")
+    if model.class_names:
+        out["num_classes"] = Declared(len(model.class_names), "class_names (count)")
+    return out
+
+
+def _weights_bytes(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise GeneratorLoadError(f"{path}: missing ({what})")
+    return path.read_bytes()
+
+
+def _snapshot_files(run: Path, snapshots: str | Sequence[int]) -> list[Path]:
+    available = list_snapshots(run)
+    if isinstance(snapshots, str):
         if snapshots != "all":
-            wanted = {int(e) for e in snapshots}
-            files = [f for f in files if int(f.stem.split("_")[1]) in wanted]
-            found = {int(f.stem.split("_")[1]) for f in files}
-            if wanted - found:
-                raise GeneratorLoadError(f"{run}: no snapshot for epoch(s) {sorted(wanted - found)}")
-        if not files:
-            raise GeneratorLoadError(f"{run}: no snapshots in {snap_dir} (set train.snapshot_every_epochs)")
-        models = [_instantiate(meta, f, device) for f in files]
-        return LoadedGenerator(models, meta, [str(f) for f in files], device)
-    ckpt_dir = ckpt_dir or _checkpoint_dir(run, checkpoint)
-    weights = ckpt_dir / ("generator_ema.safetensors" if ema else "generator.safetensors")
-    return LoadedGenerator([_instantiate(meta, weights, device)], meta, [str(weights)], device)
+            raise GeneratorLoadError(f"snapshots: expected 'all' or a list of epochs, got {snapshots!r}")
+        epochs = sorted(available)
+    else:
+        wanted = {int(e) for e in snapshots}
+        missing = sorted(wanted - set(available))
+        if missing:
+            raise GeneratorLoadError(f"{run}: no snapshot for epoch(s) {missing}")
+        epochs = sorted(wanted)
+    if not epochs:
+        raise GeneratorLoadError(f"{run}: no snapshots in {run / SNAPSHOTS} (set train.snapshot_every_epochs)")
+    return [available[e] for e in epochs]
+
+
+def _component_weights(ckpt: CheckpointInfo, module: str, ema: bool, where: str, role: str) -> Path:
+    if module not in ckpt.modules:
+        raise GeneratorLoadError(f"{ckpt.path}: the checkpoint holds the modules {ckpt.modules}, not {module!r} "
+                                 f"(components.{role}.module in {where})")
+    # modules trained without an EMA copy have one weight set, which is then what sampling uses
+    return ckpt.weights(module, ema=ema and module in ckpt.ema_modules)
+
+
+def load_run(
+    path: str | Path,
+    *,
+    checkpoint: str | int = "latest",
+    ema: bool = True,
+    snapshots: str | Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """A run directory, or one of its checkpoint directories (``checkpoint`` is then ignored)."""
+    src, device = Path(path), torch.device(device)
+    info = checkpoint_at(src)
+    run = src.parent.parent if info is not None else src
+    try:
+        model = read_model_file(run)
+    except RunDirError as exc:
+        raise GeneratorLoadError(str(exc)) from None
+    where = str(run / (MODEL_FILE if (run / MODEL_FILE).is_file() else LEGACY_MODEL_FILE))
+    kind = kind_class(model.kind, where, "kind", GeneratorLoadError)
+    kind.check_roles(list(model.components), where, "components", GeneratorLoadError)
+    kind.check_inputs(list(model.inputs), where, "inputs", GeneratorLoadError)
+    declared = _declared(model, where)
+    requests = [ComponentRequest(role, spec.arch, spec.args, f"components.{role}.arch", f"components.{role}.args")
+                for role, spec in model.components.items()]
+    planned = plan_components(kind, requests, declared, where, GeneratorLoadError)  # before any module is built
+
+    files: dict[str, list[Path]] = {}
+    ckpt: CheckpointInfo | None = None
+    if snapshots is not None:
+        if kind.ENSEMBLE_ROLE is None:
+            raise GeneratorLoadError(f"{where}: snapshot ensembles are for kind 'noise'; this run's kind is {model.kind!r}")
+        files[kind.ENSEMBLE_ROLE] = _snapshot_files(run, snapshots)
+    if any(role not in files for role in planned) or "codes" in model.inputs:
+        try:
+            ckpt = info or find_checkpoint(run, checkpoint)
+        except RunDirError as exc:
+            raise GeneratorLoadError(str(exc)) from None
+        for role, spec in model.components.items():
+            files.setdefault(role, [_component_weights(ckpt, spec.module, ema, where, role)])
+
+    modules: dict[str, list[torch.nn.Module]] = {}
+    for role, paths in files.items():
+        mods = []
+        for f in paths:
+            module = build_component(kind, planned[role], declared, where, GeneratorLoadError)
+            data = _weights_bytes(f, f"weights of component {role!r}")
+            module.load_state_dict(load_state_dict_checked(data, module.state_dict(), str(f), GeneratorLoadError))
+            mods.append(module.to(device).eval())
+        modules[role] = mods
+    sources = [str(f) for role in planned for f in files[role]]
+
+    extras: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {
+        "kind": model.kind, "model_file": Path(where).name, "class_names": list(model.class_names),
+        "output": dict(model.output), "inputs": dict(model.inputs),
+        "components": {role: {"arch": spec.arch, "args": dict(spec.args)} for role, spec in model.components.items()},
+    }
+    if "generator" in model.components:
+        meta["arch"], meta["args"] = model.components["generator"].arch, dict(model.components["generator"].args)
+    codes = model.inputs.get("codes")
+    if codes is not None and ckpt is not None:  # fitted codes live in the checkpoint (snapshots are refused for this kind)
+        extras, codes_file = _read_codes(codes, ckpt, modules, where)
+        meta["codes_source"] = str(codes_file)
+        sources.append(str(codes_file))
+    return kind.assemble(modules, extras, meta=meta, sources=sources, device=device, error=GeneratorLoadError)
+
+
+def _read_codes(spec: Any, ckpt: CheckpointInfo, modules: dict[str, list[torch.nn.Module]], where: str):
+    if not isinstance(spec, dict):
+        raise GeneratorLoadError(f"{where}: inputs.codes must be an object {{module, count}}, got {spec!r}")
+    module, count = spec.get("module", "codes"), spec.get("count")
+    if not isinstance(module, str) or not module:
+        raise GeneratorLoadError(f"{where}: inputs.codes.module must name a checkpoint module, got {module!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise GeneratorLoadError(f"{where}: inputs.codes.count must be a positive integer, got {count!r}")
+    G = modules["generator"][0]
+    f = ckpt.weights(module)
+    data = _weights_bytes(f, f"fitted codes (inputs.codes.module {module!r} in {where})")
+    return load_state_dict_checked(data, codes_template(count, G.latent_dim, bool(G.num_classes)), str(f), GeneratorLoadError), f
+
+
+register_source_loader("run", _accepts_run, load_run,
+                       summary="a breastgan run directory (model.json or generator.json + checkpoints) or one of its checkpoint directories")

@@ -1,17 +1,23 @@
-"""Write generated images to disk: 8/16-bit PNG or float32 .npy, plus a manifest listing every file."""
+"""Write generated images to disk: 8/16-bit grey PNG or float32 .npy, plus a manifest listing every file.
+
+PNG holds grey images only: a model making 1-channel images gets grey PNGs; any other channel count
+is refused with the count named (nothing is dropped silently), and ``.npy`` keeps every channel:
+(H, W) arrays for 1-channel images (as breastgan always wrote them), (C, H, W) otherwise.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from breastgan.data.io import write_image
-from breastgan.utils.atomic import write_json_atomic
+from breastgan.utils.atomic import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
-    from breastgan.generation.loader import LoadedGenerator
+    from breastgan.generation.kinds import LoadedModel
 
 FORMATS = {"png": ".png", "npy": ".npy"}
 
@@ -20,8 +26,44 @@ def image_name(index: int, fmt: str) -> str:
     return f"img_{index:08d}{FORMATS[fmt]}"
 
 
+def check_output(channels: int, fmt: str, bit_depth: int) -> None:
+    """Refuse a format/bit depth/channel count combination before anything is written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if fmt == "png" and bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16 for PNG, got {bit_depth}")
+    if fmt == "png" and channels != 1:
+        raise ValueError(f"PNG output holds 1-channel (grey) images; this model makes {channels}-channel images: "
+                         "use format 'npy', which keeps every channel")
+
+
+def write_array(path: Path, image: np.ndarray, fmt: str, bit_depth: int) -> None:
+    """One (C, H, W) image in [0, 1], written atomically."""
+    if image.ndim != 3:
+        raise ValueError(f"{path}: expected a (C, H, W) image, got shape {image.shape}")
+    check_output(image.shape[0], fmt, bit_depth)
+    if image.shape[0] == 1:
+        write_image(path, image[0], bit_depth=bit_depth)  # grey PNG, or an (H, W) .npy
+        return
+    arr = np.asarray(image, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{path}: refusing to write non-finite pixel values")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.clip(arr, 0.0, 1.0))
+
+
+def output_manifest(gen: "LoadedModel", files: list[dict], *, seed: int, fmt: str, bit_depth: int, labels: Any) -> dict[str, Any]:
+    """The folder manifest; written by one process (:func:`write_images`) or rank 0 (generation.distributed) alike."""
+    return {
+        "count": len(files), "seed": seed, "format": fmt, "bit_depth": bit_depth if fmt == "png" else 32, "channels": gen.channels,
+        "value_range": [0.0, 1.0], "sources": gen.sources, "labels": labels if not hasattr(labels, "tolist") else labels.tolist(),
+        "generator": gen.describe(), "files": files,
+    }
+
+
 def write_images(
-    gen: "LoadedGenerator",
+    gen: "LoadedModel",
     out_dir: str | Path,
     *,
     n: int,
@@ -36,34 +78,29 @@ def write_images(
 ) -> list[dict]:
     """Write images [start, stop) of the n-image set for ``seed``; returns one record per file.
 
-    Every image is written atomically; the manifest (``manifest.json``) is written last, so a folder
-    with a manifest is complete.
+    ``labels`` (class names or indices) apply to noise generators only. Every image is written
+    atomically; the manifest (``manifest.json``) is written last, so a folder with a manifest is complete.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
-    if fmt == "png" and bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16 for PNG, got {bit_depth}")
+    check_output(gen.channels, fmt, bit_depth)
+    if labels is not None and getattr(gen, "kind", "noise") != "noise":
+        raise ValueError(f"labels apply to noise generators; this is a {gen.kind} model")
+    gen.check_capacity(n)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stop = n if stop is None else stop
     records = []
     for a in range(start, stop, batch_size):
         b = min(stop, a + batch_size)
-        lab = labels[a:b] if isinstance(labels, (list, tuple)) else labels
-        images = gen.sample_range(a, b, seed=seed, labels=lab, batch_size=batch_size)
+        if labels is not None:
+            lab = labels[a:b] if isinstance(labels, (list, tuple)) else labels
+            images = gen.sample_range(a, b, seed=seed, labels=lab, batch_size=batch_size)
+        else:
+            images = gen.synthesize_range(a, b, seed=seed, batch_size=batch_size)
         for k in range(images.shape[0]):
             name = image_name(a + k, fmt)
-            write_image(out / name, images[k, 0].numpy(), bit_depth=bit_depth)
+            write_array(out / name, images[k].numpy(), fmt, bit_depth)
             rec = {"file": name, "index": a + k, "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
             records.append(rec)
     if write_manifest:
-        write_json_atomic(out / "manifest.json", {
-            "count": len(records), "seed": seed, "format": fmt, "bit_depth": bit_depth if fmt == "png" else 32,
-            "value_range": [0.0, 1.0], "sources": gen.sources, "labels": labels if not hasattr(labels, "tolist") else labels.tolist(),
-            "generator": {"arch": gen.meta.get("arch"), "args": gen.meta.get("args")}, "files": records,
-        })
+        write_json_atomic(out / "manifest.json", output_manifest(gen, records, seed=seed, fmt=fmt, bit_depth=bit_depth, labels=labels))
     return records
-
-
-def read_manifest(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "manifest.json").read_text())

@@ -1,8 +1,10 @@
 """Privacy audit of a generator: the attacks a recipient of the package could run, as an export gate.
 
-Inputs: the generator (anything with ``sample(n, seed=...) -> (N, 1, H, W)`` in [0, 1]; a
-:class:`~breastgan.generation.loader.LoadedGenerator` also enables the white-box attack), the
-training images, and held-out real images of the same distribution that were NOT trained on.
+Inputs: the model (any loaded kind, through ``synthesize(n, seed) -> (N, 1, H, W)`` in [0, 1], or
+anything with ``sample(n, seed=...)``; a single noise generator or an inversion's generator also
+enables the white-box attack; a translator is audited on its translations of the held-out images,
+see :func:`audit_subject`), the training images, and held-out real images of the same distribution
+that were NOT trained on.
 
 Measured (every statistic with n and a bootstrap CI where it is a rate):
 
@@ -155,36 +157,30 @@ def generator_module(gen: Any) -> torch.nn.Module | None:
 
 def inversion_losses(G: torch.nn.Module, targets: torch.Tensor, opts: InversionOptions, seed: int) -> torch.Tensor:
     """Best reconstruction MSE of each target over restarts (and over classes for conditional G)."""
-    device = next(G.parameters()).device
-    flags = [p.requires_grad for p in G.parameters()]
-    G.requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
-    classes = list(range(G.num_classes)) if getattr(G, "num_classes", 0) else [None]
-    best = torch.full((targets.shape[0],), float("inf"))
-    try:
-        for start in range(0, targets.shape[0], opts.batch_size):
-            x = targets[start : start + opts.batch_size].to(device).float()
-            for label in classes:
-                for _ in range(opts.restarts):
-                    z = torch.randn(x.shape[0], G.latent_dim, generator=g).to(device).requires_grad_(True)
-                    y = torch.full((x.shape[0],), label, dtype=torch.long, device=device) if label is not None else None
-                    opt = torch.optim.Adam([z], lr=opts.lr)
-                    with torch.enable_grad():
-                        for _ in range(opts.steps):
-                            rec = (G(z, y).float().clamp(-1, 1) + 1) / 2
-                            per = ((rec - x) ** 2).flatten(1).mean(1)
-                            loss = per.sum() + opts.latent_penalty * (z ** 2).mean(1).sum()
-                            opt.zero_grad(set_to_none=True)
-                            loss.backward()
-                            opt.step()
-                    with torch.no_grad():
-                        final = (((G(z, y).float().clamp(-1, 1) + 1) / 2 - x) ** 2).flatten(1).mean(1).cpu()
-                    sl = slice(start, start + x.shape[0])
-                    best[sl] = torch.minimum(best[sl], final)
-    finally:
-        for p, f in zip(G.parameters(), flags):
-            p.requires_grad_(f)
-    return best
+    from breastgan.generation.inversion import fit_latents
+
+    return fit_latents(G, targets, steps=opts.steps, lr=opts.lr, restarts=opts.restarts, latent_penalty=opts.latent_penalty,
+                       seed=seed, batch_size=opts.batch_size).losses
+
+
+def draw_synthetic(generator: Any, n: int, seed: int) -> torch.Tensor:
+    """``n`` images from any loaded kind (``synthesize``; capped by its ``capacity``) or a ``sample`` object."""
+    if hasattr(generator, "synthesize"):
+        cap = getattr(generator, "capacity", None)
+        if cap is not None and cap < 10:
+            raise ValueError(f"the audit needs at least 10 synthetic images; this {getattr(generator, 'kind', '')} model can make {cap}"
+                             + (" (bind input images to a translator first)" if cap == 0 else ""))
+        return torch.as_tensor(generator.synthesize(n if cap is None else min(n, cap), seed=seed))
+    return torch.as_tensor(generator.sample(n, seed=seed))
+
+
+def audit_subject(gen: Any, holdout: torch.Tensor) -> Any:
+    """What the audit samples: the model itself, or for a translator with no bound inputs, its
+    translations of the held-out images in every direction (a translator that maps unseen images to
+    training images is then caught by the near-copy and DCR checks)."""
+    if getattr(gen, "kind", None) == "translation" and not gen.capacity:
+        return gen.bind(holdout)
+    return gen
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -224,7 +220,7 @@ def run_audit(generator: Any, train: torch.Tensor, holdout: torch.Tensor, config
         raise ValueError(f"training images {tuple(train.shape[1:])} and held-out images {tuple(holdout.shape[1:])} differ in shape")
     if holdout.shape[0] < 10:
         raise ValueError(f"the audit needs at least 10 held-out images as the non-member reference, got {holdout.shape[0]}")
-    fake = _as_images(torch.as_tensor(generator.sample(cfg.n_samples, seed=cfg.seed)), "synthetic images")
+    fake = _as_images(draw_synthetic(generator, cfg.n_samples, cfg.seed), "synthetic images")
     if fake.shape[1:] != train.shape[1:]:
         raise ValueError(f"synthetic images {tuple(fake.shape[1:])} and training images {tuple(train.shape[1:])} differ in shape")
 
@@ -296,7 +292,7 @@ def run_audit(generator: Any, train: torch.Tensor, holdout: torch.Tensor, config
         attacks["inversion"] = (-losses[:n_c], -losses[n_c:])
     else:
         details["inversion_skipped"] = "disabled in the audit config" if not cfg.inversion.enabled else \
-            "the generator is not a single differentiable breastgan generator (white-box attack needs G(z))"
+            "the model is not a single differentiable noise-to-image generator (the white-box attack needs G(z))"
     mia = {name: attack_summary(p, q, cfg.n_boot, cfg.seed + 4) for name, (p, q) in attacks.items()}
     details["membership_inference"] = mia
     best_auc = max(mia, key=lambda a: mia[a]["auc"])
@@ -397,11 +393,11 @@ def run_training_images(run: str | Path) -> Any:
 def audit_run(run: str | Path, holdout: Any, *, train: Any = None, config: AuditConfig | dict[str, Any] | None = None,
               canaries: Any = None, checkpoint: str | int = "latest", train_split: str | None = "train",
               holdout_split: str | None = "test", device: str = "cpu") -> dict[str, Any]:
-    """``breastgan audit``: load the run's EMA generator and audit it against its training data."""
+    """``breastgan audit``: load the run's model (EMA weights) and audit it against its training data."""
     from breastgan.generation.loader import load_generator
 
     gen = load_generator(run, checkpoint=checkpoint, device=device)
     train_images = load_image_set(train if train is not None else run_training_images(run), train_split)
     holdout_images = load_image_set(holdout, holdout_split)
     can = load_image_set(canaries, None) if canaries is not None else None
-    return run_audit(gen, train_images, holdout_images, config, can)
+    return run_audit(audit_subject(gen, holdout_images), train_images, holdout_images, config, can)

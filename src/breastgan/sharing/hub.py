@@ -51,7 +51,8 @@ class HubEntry(BaseModel):
     width: int
     channels: int
     labels: list[str]
-    architecture: str
+    kind: str = "noise"
+    architecture: str = Field(description="registry key(s) of the components, comma-separated")
     metrics: dict[str, float | None] = Field(default_factory=dict)
     audit_status: str
     dp_epsilon: float | None = None
@@ -61,7 +62,7 @@ class HubEntry(BaseModel):
     source: str
 
     def row(self) -> dict[str, Any]:
-        return {"id": self.id, "modality": self.modality, "size": f"{self.height}x{self.width}",
+        return {"id": self.id, "kind": self.kind, "modality": self.modality, "size": f"{self.height}x{self.width}",
                 "labels": ",".join(self.labels) or "-", "audit": self.audit_status,
                 "epsilon": "-" if self.dp_epsilon is None else f"{self.dp_epsilon:.3g}", "source": self.source}
 
@@ -139,7 +140,8 @@ class LocalHub:
                     check_package_files(tmp, checked.manifest_sha256)  # what landed is what was verified
             index.packages[pkg_id] = HubEntry(
                 id=pkg_id, name=m.name, modality=m.modality, height=m.output.height, width=m.output.width, channels=m.output.channels,
-                labels=list(m.labels.class_names), architecture=m.architecture.key,
+                labels=list(m.labels.class_names), kind=m.kind,
+                architecture=",".join(sorted({a.key for a in m.component_architectures().values()})),
                 metrics={k: v.value for k, v in m.metrics.items()}, audit_status=m.privacy_audit.status + (" (forced)" if m.privacy_audit.forced else ""),
                 dp_epsilon=m.differential_privacy.epsilon if m.differential_privacy else None, licence=m.licence, created=m.created,
                 manifest_sha256=checked.manifest_sha256, source=source)
@@ -162,9 +164,12 @@ class LocalHub:
         return load_package(self.root / "packages" / e.id, device, expected_manifest_sha256=e.manifest_sha256)
 
     def search(self, *, modality: str | None = None, resolution: str | int | None = None, label: str | None = None,
-               metric: str | None = None, max_epsilon: float | None = None, text: str | None = None) -> list[HubEntry]:
+               metric: str | None = None, max_epsilon: float | None = None, text: str | None = None,
+               kind: str | None = None) -> list[HubEntry]:
         """Packages matching every given filter. ``resolution``: 128 or '128x128'; ``metric``: e.g. 'kid<=0.05'."""
         tests = []
+        if kind:
+            tests.append(lambda e: e.kind == kind)
         if modality:
             tests.append(lambda e: e.modality == modality)
         if resolution is not None:

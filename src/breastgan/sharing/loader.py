@@ -6,11 +6,14 @@ its bytes are known to be the ones the manifest lists.
 1. ``manifest.json`` is read as bytes (size-capped); only its file list is decoded, with a strict
    model; every listed file's size and sha256 are checked and any other entry in the directory
    (an extra file, a sub-directory, a symlink) is refused.
-2. The manifest is parsed with the strict, versioned schema (unknown keys are errors).
-3. The architecture key is resolved in breastgan's registry and its arguments validated by that
-   architecture's own argument model; they must agree with the manifest's latent/output/label spec.
-4. The weights' safetensors header is read and checked (names, dtypes, shapes) against the
-   instantiated model before any tensor is materialised; values must be finite.
+2. The manifest is parsed with the strict, versioned schema (unknown keys are errors; v1 and v2).
+3. Every component's architecture key is resolved in breastgan's registry and its arguments
+   validated by that architecture's own argument model; they must agree with the manifest's
+   latent/image/output/label spec. All of this is checked from the arguments before any module is
+   built (:func:`breastgan.generation.kinds.plan_components`).
+4. Each component's safetensors header is read and checked (names, dtypes, shapes) against the
+   instantiated module before any tensor is materialised; values must be finite. An inversion's
+   codes file is checked the same way against the shapes the manifest declares.
 5. ``verify_package`` also regenerates the reference samples for the manifest's seeds.
 
 Files whose bytes were hashed are parsed from those same in-memory bytes, so a file swapped on disk
@@ -20,45 +23,47 @@ between the check and the load is never read.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from breastgan.generation.loader import LoadedGenerator
+from breastgan.generation.kinds import (
+    ComponentRequest,
+    Declared,
+    LoadedModel,
+    build_component,
+    codes_template,
+    kind_class,
+    plan_components,
+)
+from breastgan.models.weights import load_state_dict_checked
 from breastgan.sharing.manifest import (
     MANIFEST_NAME,
     MAX_FILE_BYTES,
     MAX_MANIFEST_BYTES,
+    AnyManifest,
     FilesOnly,
-    Manifest,
+    ManifestV1,
     PackageError,
     parse_json_bytes,
     parse_manifest,
     validation_message,
 )
 
-# safetensors dtype codes for the torch dtypes a generator state dict holds
-SAFETENSORS_DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL",
-}
-MAX_SAFETENSORS_HEADER = 16 << 20
-# files parsed after the hash check are kept in memory (small for the generators breastgan trains)
-PARSED_ROLES = ("weights", "reference_samples")
+# files parsed after the hash check are kept in memory (small for the models breastgan trains)
+PARSED_ROLES = ("weights", "codes", "reference_samples")
 
 
 @dataclass
 class CheckedPackage:
     path: Path
-    manifest: Manifest
+    manifest: AnyManifest
     manifest_sha256: str
-    contents: dict[str, bytes]  # role -> bytes, for the files that are parsed later
+    contents: dict[str, bytes]  # file name -> bytes, for the files that are parsed later (PARSED_ROLES)
 
 
 def _regular_file(path: Path, what: str) -> os.stat_result:
@@ -137,104 +142,72 @@ def check_package_files(path: str | Path, expected_manifest_sha256: str | None =
             raise PackageError(f"{f}: sha256 mismatch (file {digest}, {MANIFEST_NAME} files.{name}.sha256 {entry.sha256}); "
                                "the file was changed or corrupted after export")
         if data is not None:
-            contents[entry.role] = data
+            contents[name] = data
     manifest = parse_manifest(obj)
     return CheckedPackage(pkg, manifest, manifest_sha, contents)
 
 
-# -- safetensors ---------------------------------------------------------------------------------
-def read_safetensors_header(data: bytes, where: str) -> dict[str, dict[str, Any]]:
-    """The tensor table of a safetensors file, checked for shape before any tensor is read."""
-    if len(data) < 8:
-        raise PackageError(f"{where}: too short for a safetensors file ({len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n < 2 or n > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
-        raise PackageError(f"{where}: not a safetensors file (header length {n} is impossible for a {len(data)}-byte file); "
-                           "weights must be safetensors, pickled checkpoints are refused")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise PackageError(f"{where}: safetensors header is not valid JSON; not a safetensors file") from None
-    if not isinstance(header, dict):
-        raise PackageError(f"{where}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    for name, spec in header.items():
-        if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), list)):
-            raise PackageError(f"{where}: tensor {name!r} has a malformed header entry")
-    return header
+# -- building the model ---------------------------------------------------------------------------
+def component_requests(m: AnyManifest) -> list[ComponentRequest]:
+    if isinstance(m, ManifestV1):
+        return [ComponentRequest("generator", m.architecture.key, m.architecture.args, "architecture.key", "architecture.args")]
+    return [ComponentRequest(role, arch.key, arch.args, f"components.{role}.architecture.key", f"components.{role}.architecture.args")
+            for role, arch in m.component_architectures().items()]
 
 
-def load_state_dict_checked(data: bytes, expected: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    header = read_safetensors_header(data, where)
-    missing = sorted(set(expected) - set(header))
-    extra = sorted(set(header) - set(expected))
-    if missing or extra:
-        raise PackageError(f"{where}: tensors do not match the architecture (missing {missing[:4]}, unexpected {extra[:4]})")
-    for name, ref in expected.items():
-        spec = header[name]
-        want_dtype = SAFETENSORS_DTYPES.get(ref.dtype, str(ref.dtype))
-        if spec["dtype"] != want_dtype:
-            raise PackageError(f"{where}: tensor {name!r} has dtype {spec['dtype']}, the architecture expects {want_dtype}")
-        if list(spec["shape"]) != list(ref.shape):
-            raise PackageError(f"{where}: tensor {name!r} has shape {spec['shape']}, the architecture expects {list(ref.shape)}")
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError) as exc:
-        raise PackageError(f"{where}: invalid safetensors data ({exc})") from None
-    for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise PackageError(f"{where}: tensor {name!r} holds NaN/Inf")
-    return tensors
-
-
-# -- architecture --------------------------------------------------------------------------------
-def build_generator_from_manifest(manifest: Manifest, where: str) -> torch.nn.Module:
-    """Step 3: the registry key and validated args; checked against the manifest's own specs."""
-    from breastgan.models.registry import GENERATORS
-    from breastgan.registry import ConfigArgumentError
-
-    key = manifest.architecture.key
-    if key not in GENERATORS:
-        raise PackageError(f"{where}: architecture.key {key!r} is not a breastgan generator; available: {', '.join(GENERATORS.names())}")
-    entry = GENERATORS.entry(key)
-    try:
-        args = entry.validate_args(dict(manifest.architecture.args), "architecture.args").model_dump()
-    except ConfigArgumentError as exc:
-        raise PackageError(f"{where}: {exc}") from None
-    model = entry.obj(**args)
-    out, lab = manifest.output, manifest.labels
-    checks = {
-        "latent.dim": (manifest.latent.dim, model.latent_dim),
-        "output.channels": (out.channels, model.channels),
-        "output.height/width": ((out.height, out.width), tuple(model.image_size)),
-        "labels.class_names (count)": (len(lab.class_names) if lab.conditional else 0, model.num_classes),
+def declared_by(m: AnyManifest) -> dict[str, Declared]:
+    """What the manifest says its components are, with the field that says it (v1 keeps its field names)."""
+    out, lab = m.output, m.labels
+    v1 = isinstance(m, ManifestV1)
+    declared = {
+        "channels": Declared(out.channels, "output.channels"),
+        "num_classes": Declared(len(lab.class_names) if lab.conditional else 0, "labels.class_names (count)"),
     }
-    for fieldname, (declared, built) in checks.items():
-        if declared != built:
-            raise PackageError(f"{where}: {fieldname} is {declared!r} but architecture.args give {built!r}")
-    return model
+    if m.latent_spec is not None:
+        declared["latent_dim"] = Declared(m.latent_spec.dim, "latent.dim" if v1 else "inputs.latent.dim")
+    if m.kind != "translation":
+        declared["image_size"] = Declared((out.height, out.width), "output.height/width")
+    else:
+        declared["channels"] = Declared(m.inputs.image.channels, "inputs.image.channels")
+        declared["size_multiple"] = Declared(m.inputs.image.size_multiple, "inputs.image.size_multiple")
+    return declared
 
 
 # -- public API ----------------------------------------------------------------------------------
-def _loaded(checked: CheckedPackage, device: torch.device) -> LoadedGenerator:
+def _loaded(checked: CheckedPackage, device: torch.device) -> LoadedModel:
     m = checked.manifest
-    where = str(checked.path / m.file_for("weights"))
-    model = build_generator_from_manifest(m, str(checked.path / MANIFEST_NAME))
-    tensors = load_state_dict_checked(checked.contents["weights"], model.state_dict(), where)
-    model.load_state_dict(tensors)
-    model = model.to(device).eval()
-    meta = {
-        "format": m.format, "arch": m.architecture.key, "args": dict(m.architecture.args), "class_names": list(m.labels.class_names),
-        "package": m.name, "manifest_sha256": checked.manifest_sha256, "output": m.output.model_dump(mode="json"),
+    where = str(checked.path / MANIFEST_NAME)
+    kind = kind_class(m.kind, where, "kind", PackageError)
+    declared = declared_by(m)
+    planned = plan_components(kind, component_requests(m), declared, where, PackageError)  # nothing is built before this
+    modules: dict[str, list[torch.nn.Module]] = {}
+    files = m.weights_files()
+    for role, p in planned.items():
+        module = build_component(kind, p, declared, where, PackageError)
+        w = str(checked.path / files[role])
+        module.load_state_dict(load_state_dict_checked(checked.contents[files[role]], module.state_dict(), w, PackageError))
+        modules[role] = [module.to(device).eval()]
+    sources = [str(checked.path / files[role]) for role in planned]
+    extras: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {
+        "format": m.format, "kind": m.kind, "class_names": list(m.labels.class_names), "package": m.name,
+        "manifest_sha256": checked.manifest_sha256, "output": m.output.model_dump(mode="json"),
+        "components": {role: {"arch": a.key, "args": dict(a.args)} for role, a in m.component_architectures().items()},
     }
-    return LoadedGenerator([model], meta, [where], device)
+    if "generator" in meta["components"]:
+        meta["arch"], meta["args"] = meta["components"]["generator"]["arch"], meta["components"]["generator"]["args"]
+    codes = getattr(getattr(m, "inputs", None), "codes", None)
+    if codes is not None:
+        G = modules["generator"][0]
+        f = str(checked.path / codes.file)
+        extras = load_state_dict_checked(checked.contents[codes.file], codes_template(codes.count, G.latent_dim, codes.labels), f, PackageError)
+        meta["codes_source"] = f
+        sources.append(f)
+    return kind.assemble(modules, extras, meta=meta, sources=sources, device=device, error=PackageError)
 
 
-def load_package(path: str | Path, device: str | torch.device = "cpu", *, expected_manifest_sha256: str | None = None) -> LoadedGenerator:
-    """A :class:`LoadedGenerator` from a package, after every check in this module's docstring.
+def load_package(path: str | Path, device: str | torch.device = "cpu", *, expected_manifest_sha256: str | None = None) -> LoadedModel:
+    """The package's model (its kind: noise, translation, inversion), after every check in this module's docstring.
 
     ``expected_manifest_sha256`` pins the manifest itself (e.g. to the hash a registry recorded).
     """
@@ -263,21 +236,28 @@ def sample_digest(images: torch.Tensor) -> str:
     return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
-def reference_tensors(data: bytes, manifest: Manifest, where: str) -> dict[str, torch.Tensor]:
+def reference_tensors(data: bytes, manifest: AnyManifest, where: str) -> dict[str, torch.Tensor]:
     ref = manifest.reference_samples
     o = manifest.output
-    shape = torch.Size([ref.n_per_seed, o.channels, o.height, o.width])
-    expected = {f"seed_{s}": torch.zeros(shape) for s in ref.seeds}
-    tensors = load_state_dict_checked(data, expected, where)
+    shape = (ref.n_per_seed, o.channels, o.height, o.width)
+    expected = {name: torch.empty(shape, device="meta") for name in manifest.reference_keys()}  # shapes only, nothing allocated
+    tensors = load_state_dict_checked(data, expected, where, PackageError)
     for name, t in tensors.items():
         if float(t.min()) < 0 or float(t.max()) > 1:
             raise PackageError(f"{where}: {name} holds values outside [0, 1]")
     return tensors
 
 
+def reference_images(gen: LoadedModel, manifest: AnyManifest) -> dict[str, torch.Tensor]:
+    """What the reference file must hold, recomputed: the model's images for the manifest's seeds."""
+    ref, o = manifest.reference_samples, manifest.output
+    return gen.reference_images(ref.seeds, ref.n_per_seed, (o.height, o.width))
+
+
 def verify_package(path: str | Path, device: str | torch.device = "cpu", *, tolerance: float | None = None,
                    expected_manifest_sha256: str | None = None) -> VerifyReport:
-    """All load checks, then the fixed-seed reference samples.
+    """All load checks, then the fixed-seed reference samples (for a translator: its translations of
+    synthetic inputs made from each seed, in every direction).
 
     Cross-device policy: on the device and build that exported the package the samples are
     bit-identical (sha256 match). Elsewhere (GPU vs CPU, other BLAS/oneDNN kernels, thread counts)
@@ -291,24 +271,29 @@ def verify_package(path: str | Path, device: str | torch.device = "cpu", *, tole
     report.checks.append(f"sha256 and size of {len(m.files)} listed files match; no unlisted files")
     report.checks.append(f"manifest matches schema v{m.schema_version} (strict)")
     gen = _loaded(checked, torch.device(device))
-    report.checks.append(f"architecture {m.architecture.key!r} from breastgan's registry; arguments validated")
-    report.checks.append("weights: safetensors, tensor names/dtypes/shapes match, all finite")
-    refs = reference_tensors(checked.contents["reference_samples"], m, str(checked.path / m.file_for("reference_samples")))
+    archs = m.component_architectures()
+    report.checks.append(f"kind {m.kind!r}; " + ", ".join(f"{role}: architecture {a.key!r}" for role, a in archs.items())
+                         + " from breastgan's registry; arguments validated and consistent with the manifest")
+    report.checks.append(f"weights ({len(archs)} component{'s' if len(archs) > 1 else ''}): safetensors, tensor names/dtypes/shapes match, all finite")
+    ref_file = m.file_for("reference_samples")
+    refs = reference_tensors(checked.contents[ref_file], m, str(checked.path / ref_file))
     tol = m.reference_samples.tolerance if tolerance is None else tolerance
     report.tolerance = tol
+    computed = reference_images(gen, m)
     all_ok = True
-    for seed in m.reference_samples.seeds:
-        images = gen.sample(m.reference_samples.n_per_seed, seed=seed)
+    for name, key in m.reference_keys().items():
+        images = computed[name]
         digest = sample_digest(images)
-        stored = refs[f"seed_{seed}"]
+        stored = refs[name]
         diff = float((images - stored).abs().max())
-        exact = digest == m.reference_samples.sha256.get(str(seed))
+        exact = digest == m.reference_samples.sha256.get(key)
         if exact and sample_digest(stored) != digest:
             exact = False  # the stored reference file disagrees with the manifest hash: trust neither
         match = "exact" if exact else ("tolerance" if diff <= tol else "mismatch")
         all_ok &= match != "mismatch"
-        report.samples[str(seed)] = {"match": match, "max_abs_diff": diff}
-    report.checks.append(f"reference samples for seeds {m.reference_samples.seeds}: "
+        report.samples[key] = {"match": match, "max_abs_diff": diff}
+    inputs = " (inputs: synthetic images made from each seed)" if getattr(m.reference_samples, "input_images", None) else ""
+    report.checks.append(f"reference samples for seeds {m.reference_samples.seeds}{inputs}: "
                          + ", ".join(f"{s}={v['match']}" for s, v in report.samples.items()) + f" (tolerance {tol:g})")
     report.ok = all_ok
     return report

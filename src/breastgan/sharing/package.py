@@ -1,9 +1,11 @@
-"""Export a trained run as a generator package: privacy audit first, then an atomic write.
+"""Export a trained run as a generator package (schema v2, any kind): privacy audit first, then an atomic write.
 
-What goes in: the EMA generator weights (safetensors), the manifest (schema in
-:mod:`breastgan.sharing.manifest`), reference samples for fixed seeds, a model card, and optionally
-an ONNX graph and medigan-style metadata. What never goes in: the discriminator, optimiser or RNG
-state, real images, file paths, dataset folder names, patient or image identifiers.
+What goes in: the EMA weights of every component the run's kind generates with (``<role>.safetensors``;
+an inversion's fitted codes in ``codes.safetensors``), the manifest (schema in
+:mod:`breastgan.sharing.manifest`), reference samples for fixed seeds (a translator's: its translations
+of synthetic inputs made from each seed), a model card, and optionally an ONNX graph (kind 'noise') and
+medigan-style metadata. What never goes in: the discriminator, optimiser or RNG state, real images,
+file paths, dataset folder names, patient or image identifiers.
 
 The package is assembled in a temporary directory next to ``out`` and renamed into place only when
 complete, so a crash or a failed audit leaves no half-written package.
@@ -22,9 +24,21 @@ from typing import Any, Callable
 import torch
 
 from breastgan import __version__
-from breastgan.sharing.audit import AuditConfig, PrivacyGateError, failed_checks_message, load_image_set, run_audit, run_training_images
+from breastgan.generation.kinds import LoadedGenerator, LoadedInversion, LoadedModel, LoadedTranslator
+from breastgan.generation.latents import SYNTHETIC_INPUTS
+from breastgan.models.weights import state_dict_cpu
+from breastgan.sharing.audit import (
+    AuditConfig,
+    PrivacyGateError,
+    audit_subject,
+    failed_checks_message,
+    load_image_set,
+    run_audit,
+    run_training_images,
+)
 from breastgan.sharing.loader import check_package_files, sample_digest
 from breastgan.sharing.manifest import (
+    CODES_NAME,
     FORMAT,
     MANIFEST_NAME,
     MEDIGAN_NAME,
@@ -32,7 +46,6 @@ from breastgan.sharing.manifest import (
     ONNX_NAME,
     REFERENCE_NAME,
     SCHEMA_VERSION,
-    WEIGHTS_NAME,
     Manifest,
     PackageError,
     manifest_bytes,
@@ -135,20 +148,46 @@ def _audit_record(report: dict[str, Any] | None, forced: bool, reason: str | Non
     }
 
 
+def _usage(m: Manifest) -> list[str]:
+    if m.kind == "translation":
+        d = m.inputs.image.directions[0]
+        return [f"x = ...  # (N, {m.inputs.image.channels}, H, W) float32 in [0, 1], sides multiples of {m.inputs.image.size_multiple}",
+                f"y = gen.translate(x, {d!r})  # same shape, float32 in [0, 1]; directions: {', '.join(m.inputs.image.directions)}"]
+    if m.kind == "inversion":
+        return ["images = gen.reconstruct([0, 1, 2])  # renderings of the stored codes, (3, C, H, W) float32 in [0, 1]"]
+    return ["images = gen.sample(16, seed=0)  # (16, C, H, W) float32 in [0, 1]"]
+
+
+def _model_lines(m: Manifest) -> list[str]:
+    lines = [f"- kind: {m.kind}"]
+    for role, c in m.components.items():
+        lines.append(f"- {role}: architecture `{c.architecture.key}` from breastgan's registry; arguments: "
+                     f"`{json.dumps(dict(c.architecture.args), sort_keys=True)}`; weights `{c.weights}`")
+    if m.inputs.latent is not None:
+        lines.append(f"- latent: {m.inputs.latent.dim}-d standard normal ({m.inputs.latent.sampler})")
+    if m.inputs.image is not None:
+        img = m.inputs.image
+        lines.append(f"- input: {img.channels}-channel images in [0, 1], sides multiples of {img.size_multiple}; "
+                     f"directions: {', '.join(img.directions)}")
+    if m.inputs.codes is not None:
+        lines.append(f"- codes: {m.inputs.codes.count} latent codes fitted to images (`{m.inputs.codes.file}`); "
+                     "they render reconstructions of the images they were fitted to")
+    size = f"{m.output.height} x {m.output.width}" + (" (reference size; any multiple of the size multiple)" if m.kind == "translation" else "")
+    lines += [f"- output: {m.output.channels} x {size}, float32 in {list(m.output.value_range)}, training images {m.output.bit_depth}-bit",
+              f"- labels: {', '.join(m.labels.class_names) if m.labels.conditional else 'unconditional'}",
+              f"- modality: {m.modality}; licence: {m.licence}"]
+    return lines
+
+
 def _model_card(m: Manifest) -> str:
     audit = m.privacy_audit
     lines = [
         f"# {m.name}", "", m.description or "A breastgan generator package.", "",
         "## Use", "", "```python", "import breastgan", f"gen = breastgan.load_generator('path/to/{m.name}')  # verifies hashes, no code is run",
-        "images = gen.sample(16, seed=0)  # (16, C, H, W) float32 in [0, 1]", "```", "",
-        "Or: `breastgan verify <pkg>` then `breastgan generate --package <pkg> -n 100 --out out/`.", "",
-        "## Model", "",
-        f"- architecture: `{m.architecture.key}` from breastgan's registry; arguments: `{json.dumps(dict(m.architecture.args), sort_keys=True)}`",
-        f"- latent: {m.latent.dim}-d standard normal ({m.latent.sampler})",
-        f"- output: {m.output.channels} x {m.output.height} x {m.output.width}, float32 in {list(m.output.value_range)}, "
-        f"training images {m.output.bit_depth}-bit",
-        f"- labels: {', '.join(m.labels.class_names) if m.labels.conditional else 'unconditional'}",
-        f"- modality: {m.modality}; licence: {m.licence}", "",
+        *_usage(m), "```", "",
+        "Or: `breastgan verify <pkg>` then `breastgan generate --package <pkg> --out out/`"
+        + (" --input <folder of images>" if m.kind == "translation" else "") + ".", "",
+        "## Model", "", *_model_lines(m), "",
         "## Training data (counts only)", "",
         f"- dataset kind: {m.training_data.dataset_kind}; images: {m.training_data.n_images}; "
         f"patients: {m.training_data.n_patients if m.training_data.n_patients is not None else 'not recorded'}",
@@ -166,35 +205,45 @@ def _model_card(m: Manifest) -> str:
         lines += ["", "## Metrics", ""]
         lines += [f"- {k}: {v.value}" + (f" (95% CI {list(v.ci95)})" if v.ci95 else "") + (f", n={dict(v.n)}" if v.n else "")
                   for k, v in sorted(m.metrics.items())]
+    inputs = " (inputs: synthetic images made from each seed, never real images)" if m.reference_samples.input_images else ""
     lines += ["", "## Verification", "",
-              f"Reference samples for seeds {m.reference_samples.seeds} ({m.reference_samples.n_per_seed} each) were produced on "
+              f"Reference samples for seeds {m.reference_samples.seeds} ({m.reference_samples.n_per_seed} each){inputs} were produced on "
               f"{m.reference_samples.device}; `breastgan verify` reproduces them bit-exactly on the same build and within "
               f"{m.reference_samples.tolerance:g} elsewhere.", "",
-              f"breastgan {m.versions.breastgan}, torch {m.versions.torch}. Package format {FORMAT} v{SCHEMA_VERSION}.", ""]
+              f"breastgan {m.versions.breastgan}, torch {m.versions.torch}. Package format {FORMAT} v{m.schema_version}.", ""]
     return "\n".join(lines)
 
 
 def _medigan_metadata(m: Manifest) -> dict[str, Any]:
     """medigan's config entry shape (execution / selection / description), pointing at breastgan's safe loader."""
+    keys = sorted({c.architecture.key for c in m.components.values()})
+    if m.kind == "translation":
+        method = {"name": "breastgan.load_generator(...).translate", "args": {"base": ["images", "direction"],
+                  "custom": {"direction": list(m.inputs.image.directions)}}}
+        inputs, function = ["images", "direction"], ["translation"]
+    elif m.kind == "inversion":
+        method = {"name": "breastgan.load_generator(...).reconstruct", "args": {"base": ["indices"], "custom": {}}}
+        inputs, function = ["indices"], ["reconstruction"]
+    else:
+        method = {"name": "breastgan.load_generator(...).sample", "args": {"base": ["n", "seed"], "custom": {"labels": m.labels.class_names}}}
+        inputs, function = ["n", "seed"], ["generation"]
     return {m.name: {
         "execution": {
             "package_name": "breastgan", "package_link": None, "model_name": m.name, "extension": ".safetensors",
-            "image_size": [m.output.height, m.output.width], "dependencies": ["breastgan"],
-            "generate_method": {"name": "breastgan.load_generator(...).sample", "args": {"base": ["n", "seed"],
-                                "custom": {"labels": m.labels.class_names}}},
+            "image_size": [m.output.height, m.output.width], "dependencies": ["breastgan"], "generate_method": method,
             "note": "no code is distributed with this model; breastgan loads the safetensors weights after hash checks",
         },
         "selection": {
             "performance": {k: v.value for k, v in m.metrics.items()}, "use_cases": [], "organ": ["breast"], "modality": [m.modality],
-            "vendors": [], "centres": [], "function": ["generation"], "condition": m.labels.class_names,
+            "vendors": [], "centres": [], "function": function, "condition": m.labels.class_names,
             "dataset": [m.training_data.dataset_kind], "augmentations": list(m.preprocessing.flips_in_training),
-            "generates": ["images"], "height": m.output.height, "width": m.output.width, "depth": None, "type": m.architecture.key,
+            "generates": ["images"], "height": m.output.height, "width": m.output.width, "depth": None, "type": ",".join(keys),
             "license": m.licence, "dataset_type": "public" if m.training_data.dataset_kind == "phantom" else "unspecified",
             "privacy_preservation": "differential privacy" if m.differential_privacy else ("privacy audit" if m.privacy_audit.status == "passed" else None),
-            "tags": ["breastgan", m.modality],
+            "tags": ["breastgan", m.modality, m.kind],
         },
         "description": {"title": m.name, "provided_date": m.created, "trained_date": None, "provided_after_epoch": None,
-                        "version": m.versions.breastgan, "publication": None, "doi": [], "inputs": ["n", "seed"], "comment": m.description},
+                        "version": m.versions.breastgan, "publication": None, "doi": [], "inputs": inputs, "comment": m.description},
     }}
 
 
@@ -261,6 +310,43 @@ def export_onnx(G: torch.nn.Module, path: Path, exporter: str = "torchscript", o
     onnx.checker.check_model(onnx.load(str(path)))
 
 
+def _full_args(arch: str, args: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every argument spelled out (the recipient's defaults may differ from the exporter's)."""
+    from breastgan.models.registry import GENERATORS
+
+    return GENERATORS.entry(arch).validate_args(dict(args), where).model_dump(mode="json")
+
+
+def _kind_fields(gen: LoadedModel, model_file: Any, dataset: Any, n_per_seed: int) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], int]:
+    """Manifest fields that depend on the kind, the tensor files to write (name -> tensors) and the reference count per seed."""
+    components = {role: {"architecture": {"key": spec.arch, "args": _full_args(spec.arch, spec.args, f"components.{role}.args")},
+                         "weights": f"{role}.safetensors"} for role, spec in model_file.components.items()}
+    tensors = {f"{role}.safetensors": state_dict_cpu(mods[0]) for role, mods in gen.modules.items()}
+    bit_depth = int(model_file.output.get("bit_depth", 16))
+    if isinstance(gen, LoadedTranslator):
+        h, w = (model_file.output.get("image_size") or list(dataset.info.image_size))[:2]
+        m = gen.size_multiple
+        if h % m or w % m:
+            raise PackageError(f"the run's image size {h}x{w} is not a multiple of the translator's size multiple {m}; "
+                               "the reference samples need a size the translator accepts")
+        fields = {"inputs": {"image": {"channels": gen.channels, "size_multiple": m, "directions": gen.directions}},
+                  "labels": {"conditional": False, "class_names": []},
+                  "output": {"channels": gen.channels, "height": int(h), "width": int(w), "bit_depth": bit_depth}}
+        return {"components": components, **fields}, tensors, n_per_seed
+    if not isinstance(gen, (LoadedGenerator, LoadedInversion)):
+        raise PackageError(f"export: kind {gen.kind!r} has no package layout in this breastgan")
+    G = gen.generator if isinstance(gen, LoadedInversion) else gen.models[0]
+    conditional = bool(G.num_classes)
+    fields = {"inputs": {"latent": {"dim": G.latent_dim}},
+              "labels": {"conditional": conditional, "class_names": list(model_file.class_names) if conditional else []},
+              "output": {"channels": G.channels, "height": G.image_size[0], "width": G.image_size[1], "bit_depth": bit_depth}}
+    if isinstance(gen, LoadedInversion):
+        fields["inputs"]["codes"] = {"count": gen.count, "file": CODES_NAME, "labels": conditional}
+        tensors[CODES_NAME] = gen.code_tensors()
+        n_per_seed = min(n_per_seed, gen.count)
+    return {"components": components, **fields}, tensors, n_per_seed
+
+
 def export_package(
     run: str | Path,
     out: str | Path,
@@ -287,33 +373,40 @@ def export_package(
     train_split: str | None = "train",
     holdout_split: str | None = "test",
 ) -> ExportResult:
-    """Audit the run's EMA generator, then write the package to ``out`` atomically.
+    """Audit the run's model (EMA weights), then write the package to ``out`` atomically.
 
-    ``holdout``: held-out real images (prepared set, folder, tensor or dataset) for the audit.
-    ``train``: the training images (default: rebuilt from the run's config). A failed audit raises
-    :class:`PrivacyGateError` unless ``force`` is set, which requires ``override_reason`` (recorded
-    in the manifest and model card). ``force`` without ``holdout`` skips the audit (recorded too).
+    Any kind the run's model file names (noise, translation, inversion) is exported as schema v2.
+    ``holdout``: held-out real images (prepared set, folder, tensor or dataset) for the audit; a
+    translator is audited on its translations of the held-out images. ``train``: the training images
+    (default: rebuilt from the run's config). A failed audit raises :class:`PrivacyGateError` unless
+    ``force`` is set, which requires ``override_reason`` (recorded in the manifest and model card).
+    ``force`` without ``holdout`` skips the audit (recorded too).
     """
     from breastgan.config import load_config
-    from breastgan.generation.loader import _checkpoint_dir, _read_generator_meta, load_generator
-    from breastgan.training.dp import read_guarantee
+    from breastgan.generation.loader import load_generator
+    from breastgan.run_dir import find_checkpoint, read_dp_guarantee, read_model_file
 
     run, out = Path(run), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already holds files; choose another --out or pass overwrite")
     if force and not override_reason:
         raise ValueError("force: give override_reason (it is recorded in the manifest and the model card)")
+    if onnx and onnx_exporter not in ONNX_EXPORTERS:
+        raise PackageError(f"unknown ONNX exporter {onnx_exporter!r}; available: {sorted(ONNX_EXPORTERS)}")
     cfg = load_config(run / "config.yaml")
-    meta = _read_generator_meta(run)
-    ckpt = _checkpoint_dir(run, checkpoint)
-    gen = load_generator(ckpt, ema=True)
+    model_file = read_model_file(run)
+    ckpt = find_checkpoint(run, checkpoint)
+    gen = load_generator(ckpt.path, ema=True)
+    if onnx and gen.kind != "noise":
+        raise PackageError(f"ONNX export maps latents to images (kind 'noise'); this run's kind is {gen.kind!r}")
     dataset = run_training_images(run) if train is None else None
 
     # 1. the privacy gate, before anything is written
     report = None
     if holdout is not None:
         train_images = load_image_set(train if train is not None else dataset, train_split)
-        report = run_audit(gen, train_images, load_image_set(holdout, holdout_split), audit,
+        holdout_images = load_image_set(holdout, holdout_split)
+        report = run_audit(audit_subject(gen, holdout_images), train_images, holdout_images, audit,
                            load_image_set(canaries, None) if canaries is not None else None)
         if not report["passed"] and not force:
             raise PrivacyGateError(failed_checks_message(report) + "\nno package was written; pass force with a reason to override")
@@ -322,42 +415,40 @@ def export_package(
                                "or force with an override_reason to export unaudited (recorded in the manifest)")
 
     # 2. the manifest fields
-    model = gen.models[0]
     dataset = dataset if dataset is not None else run_training_images(run)
-    refs = {str(s): gen.sample(n_per_seed, seed=s) for s in reference_seeds}
-    dp = read_guarantee(ckpt)
+    kind_fields, tensor_files, n_ref = _kind_fields(gen, model_file, dataset, n_per_seed)
+    out_size = (kind_fields["output"]["height"], kind_fields["output"]["width"])
+    refs = gen.reference_images(reference_seeds, n_ref, out_size)
     manifest_fields: dict[str, Any] = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION,
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": gen.kind,
         "name": (name or cfg.name).lower().replace(".", "-"), "description": description,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "licence": licence, "modality": modality,
-        "architecture": {"key": meta["arch"], "args": meta["args"]},
-        "latent": {"dim": model.latent_dim},
-        "labels": {"conditional": bool(model.num_classes), "class_names": list(meta.get("class_names") or []) if model.num_classes else []},
-        "output": {"channels": model.channels, "height": model.image_size[0], "width": model.image_size[1],
-                   "bit_depth": int(meta.get("output", {}).get("bit_depth", 16))},
+        **kind_fields,
         "preprocessing": _preprocessing(cfg, dataset),
         "training_data": _training_summary(cfg, dataset),
         "metrics": _metrics(metrics),
         "privacy_audit": _audit_record(report, force, override_reason),
-        "differential_privacy": dp,
+        "differential_privacy": read_dp_guarantee(ckpt.path),
         "versions": {"breastgan": __version__, "torch": torch.__version__, "safetensors": _version("safetensors"),
                      "python": platform.python_version()},
-        "reference_samples": {"seeds": list(reference_seeds), "n_per_seed": n_per_seed,
-                              "sha256": {s: sample_digest(x) for s, x in refs.items()}, "tolerance": tolerance,
-                              "device": f"{gen.device.type} ({platform.machine()}, torch {torch.__version__})"},
+        "reference_samples": {"seeds": list(reference_seeds), "n_per_seed": n_ref,
+                              "sha256": {k: sample_digest(x) for k, x in refs.items()}, "tolerance": tolerance,
+                              "device": f"{gen.device.type} ({platform.machine()}, torch {torch.__version__})",
+                              "input_images": SYNTHETIC_INPUTS if gen.kind == "translation" else None},
     }
 
     # 3. files, assembled in a temporary directory and renamed into place
     from safetensors.torch import save_file
 
-    from breastgan.training.checkpoint import state_dict_cpu
-
     with atomic_dir(out) as tmp:
-        save_file(state_dict_cpu(model), str(tmp / WEIGHTS_NAME))
-        save_file({f"seed_{s}": x.contiguous() for s, x in refs.items()}, str(tmp / REFERENCE_NAME))
-        roles = {WEIGHTS_NAME: "weights", REFERENCE_NAME: "reference_samples", MODEL_CARD_NAME: "model_card"}
+        roles = {}
+        for fname, tensors in tensor_files.items():
+            save_file(tensors, str(tmp / fname))
+            roles[fname] = "codes" if fname == CODES_NAME else "weights"
+        save_file({k: x.contiguous() for k, x in refs.items()}, str(tmp / REFERENCE_NAME))
+        roles.update({REFERENCE_NAME: "reference_samples", MODEL_CARD_NAME: "model_card"})
         if onnx:
-            export_onnx(model, tmp / ONNX_NAME, onnx_exporter)
+            export_onnx(gen.models[0], tmp / ONNX_NAME, onnx_exporter)
             roles[ONNX_NAME] = "onnx"
         if medigan:
             roles[MEDIGAN_NAME] = "medigan_metadata"

@@ -5,7 +5,7 @@ Every architecture is a module that registers its classes with an argument model
 relies on the small :class:`GeneratorBase` / discriminator call contract below.
 """
 
-from breastgan.models.registry import DISCRIMINATORS, GENERATORS, GeneratorBase, build_discriminator, build_generator
+from breastgan.models.registry import DISCRIMINATORS, GENERATORS, GeneratorBase
 from breastgan.models import dcgan  # noqa: F401  (registers dcgan, wgan_gp_critic)
 
-__all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorBase", "build_generator", "build_discriminator"]
+__all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorBase"]

@@ -45,11 +45,3 @@ def resolve_args(registry: Registry, name: str, args: dict[str, Any], derived: d
             )
         out[key] = value
     return entry.validate_args(out, where).model_dump()
-
-
-def build_generator(name: str, args: dict[str, Any]) -> GeneratorBase:
-    return GENERATORS.get(name)(**GENERATORS.entry(name).validate_args(args).model_dump())
-
-
-def build_discriminator(name: str, args: dict[str, Any]) -> nn.Module:
-    return DISCRIMINATORS.get(name)(**DISCRIMINATORS.entry(name).validate_args(args).model_dump())

@@ -156,10 +156,13 @@ class DistContext:
         self._guard(what, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
         return float(t.item())
 
-    def all_reduce_sum_(self, tensor: torch.Tensor, what: str = "all_reduce") -> torch.Tensor:
+    def all_reduce_sum_(self, tensor: torch.Tensor, what: str = "all_reduce", group: Any = None) -> torch.Tensor:
         if self.distributed:
-            self._guard(what, lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM))
+            self._guard(what, lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group))
         return tensor
+
+    def group_size(self, group: Any = None) -> int:
+        return dist.get_world_size(group) if self.distributed else 1
 
     def all_gather_object(self, obj: Any, what: str = "all_gather") -> list[Any]:
         if not self.distributed:

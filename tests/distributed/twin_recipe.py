@@ -141,7 +141,9 @@ class TwinRecipe(Recipe):
             env.check_finite(loss, f"d_{tag} loss")
             env.step_optimizer(f"d_{tag}", loss)
             out[f"loss_d_{tag}"] = loss.detach()
-        self.running = 0.8 * self.running + 0.2 * out["loss_d_a"].cpu()
+        # state every rank must agree on: the loss averaged over a process sub-group of all ranks
+        mean_loss = env.mean_over_ranks_(out["loss_d_a"].detach().clone().cpu(), ranks=list(range(env.ctx.world_size)))
+        self.running = 0.8 * self.running + 0.2 * mean_loss
         loss_g = 0
         for tag in ("a", "b"):
             env.set_trainable(f"d_{tag}", False)

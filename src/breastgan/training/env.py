@@ -176,6 +176,15 @@ class StepEnv:
         scaler.update()
 
     # -- process groups ----------------------------------------------------------------------------------
+    def mean_over_ranks_(self, tensor: torch.Tensor, ranks: list[int] | None = None) -> torch.Tensor:
+        """Average ``tensor`` in place over ``ranks`` (default all) - e.g. recipe state every rank must share."""
+        group = self.group(ranks) if ranks is not None else None
+        t = tensor.to(self.device)
+        self.ctx.all_reduce_sum_(t, "recipe all-reduce", group=group)
+        t /= self.ctx.group_size(group)
+        tensor.copy_(t.to(tensor.device))
+        return tensor
+
     def group(self, ranks: list[int] | tuple[int, ...]) -> Any:
         """A process sub-group of ``ranks`` (created once, on every rank, as torch.distributed requires)."""
         key = tuple(sorted(ranks))

@@ -542,12 +542,7 @@ def _write_run_files(trainer: Trainer, cfg: RunConfig, run_dir: Path, resumed: b
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     arch_args = trainer.recipe.arch_args()
     if not (resumed and (run_dir / "generator.json").is_file() and not (run_dir / "model.json").is_file()):
-        model = trainer.recipe.model_file(arch_args)
-        write_model_file(run_dir, model)
-        if model.kind == "noise":  # TRANSITIONAL: until generation reads model.json
-            c = model.sampling_component()
-            write_json_atomic(run_dir / "generator.json", {"format": "breastgan-generator/1", "arch": c.arch, "args": c.args,
-                                                           "output": model.output, "class_names": model.class_names})
+        write_model_file(run_dir, trainer.recipe.model_file(arch_args))
     else:
         read_model_file(run_dir)  # a run made before model.json: its v1 file stays the description
     record_path = run_dir / "run.json"

@@ -26,4 +26,13 @@ def register(app: typer.Typer) -> None:
         if resume is not None and config is not None:
             raise typer.BadParameter("use either --config (new run) or --resume (existing run), not both")
         result = train_api(config, overrides=set_, run_dir=run_dir, resume=resume)
-        err_console.print(f"run directory: {result.run_dir}  (step {result.step}, epoch {result.epoch}{', stopped early' if result.stopped_early else ''})")
+        err_console.print(f"run directory: {result.run_dir}  (step {result.step}, epoch {result.epoch}{', stopped early' if result.stopped_early else ''})",
+                          markup=False, highlight=False)
+        if result.stop_signal:
+            import signal
+
+            name = signal.Signals(result.stop_signal).name
+            # a scheduler must see that the run did not finish: the shell's convention for "killed by a signal"
+            err_console.print(f"stopped by {name} at step {result.step}; the final checkpoint was written; continue with "
+                              f"`breastgan train --resume {result.run_dir}` (exit code {128 + result.stop_signal})", markup=False, highlight=False)
+            raise SystemExit(128 + result.stop_signal)

@@ -42,6 +42,7 @@ from breastgan.training.env import StepEnv, Stream
 from breastgan.training.logger import RunLogger, get_logger
 from breastgan.training.monitor import EquilibriumMonitor
 from breastgan.training.recipes import RECIPES, Recipe
+from breastgan.training.run_lock import RunDirLock
 from breastgan.training.sampler import EpochBatchPlan
 from breastgan.utils.atomic import write_json_atomic, write_text_atomic
 from breastgan.utils.images import save_grid
@@ -60,6 +61,7 @@ class RunResult:
     epoch: int
     stopped_early: bool
     summary: dict[str, Any]
+    stop_signal: int | None = None  # the signal that stopped the run (the CLI exits with 128 + it)
 
 
 def _versions() -> dict[str, str]:
@@ -282,9 +284,11 @@ class Trainer:
                     self._evaluate(logger)
                     if self.step % t.checkpoint_every == 0:
                         self._checkpoint()
-                    if self.ctx.all_reduce_max(1.0 if stop.requested else 0.0, "stop flag") > 0:
+                    # the flag carries the signal number, so every rank can report (and exit with) it
+                    flag = self.ctx.all_reduce_max(float(stop.signum or 0) if stop.requested else 0.0, "stop flag")
+                    if flag > 0:
                         self.log.warning(f"stop requested (signal) at step {self.step}: writing a final checkpoint")
-                        stopped_early = True
+                        stopped_early, self.stop_signal = True, int(flag)
                         break
             if self.primary.batch_in_epoch >= self.primary.plan.batches_per_epoch:
                 self._end_epoch()  # the last step completed an epoch: count it (and snapshot it)
@@ -297,13 +301,14 @@ class Trainer:
             if self.ctx.is_main:
                 self._write_samples(logger)
                 summary = self._summary(stopped_early)
+                summary["stop_signal"] = getattr(self, "stop_signal", None)
                 write_json_atomic(self.run_dir / "summary.json", summary)
             else:
                 summary = {}
             self.ctx.barrier("end of training")
         finally:
             logger.close()
-        return RunResult(self.run_dir, self.step, self.epoch, stopped_early, summary)
+        return RunResult(self.run_dir, self.step, self.epoch, stopped_early, summary, getattr(self, "stop_signal", None))
 
     def _end_epoch(self) -> None:
         p = self.primary
@@ -581,6 +586,7 @@ def train(
     (``overrides`` may then change only the keys in ``RESUMABLE_OVERRIDES``, e.g. train.max_steps).
     """
     own_ctx = ctx is None
+    lock: RunDirLock | None = None
     if resume is not None:
         run_path = Path(resume)
         saved = run_path / "config.yaml"
@@ -599,6 +605,11 @@ def train(
             run_path = Path(ctx.broadcast_object(str(chosen) if ctx.is_main else None, what="run directory"))
             if ctx.is_main and run_path.exists() and any(run_path.iterdir()):
                 raise FileExistsError(f"{run_path} already holds files; resume it with --resume or choose another directory")
+        if ctx.is_main:
+            lock = RunDirLock(run_path).acquire()
+            if lock.stale:
+                get_logger().warning(f"{run_path}: the previous trainer (PID {lock.stale.get('pid')} on host {lock.stale.get('host')}, "
+                                     f"started {lock.stale.get('started')}) ended without releasing its lock; taking over")
         ctx.barrier("run directory")
         trainer = Trainer(cfg, run_path, ctx, resume=resume is not None)
         if ctx.is_main:
@@ -608,6 +619,8 @@ def train(
     except DistributedError:
         raise
     finally:
+        if lock is not None:
+            lock.release()
         if own_ctx:
             from breastgan.distributed import shutdown
 

@@ -89,3 +89,37 @@ def test_unconditional_rejects_labels(run):
 def test_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="not a breastgan run"):
         breastgan.load_generator(tmp_path)
+
+
+def _three_channel_generator():
+    from breastgan.generation import LoadedGenerator
+    from breastgan.models.registry import GENERATORS
+
+    args = GENERATORS.entry("dcgan").validate_args({"image_size": 32, "channels": 3, "latent_dim": 8, "base_width": 8}).model_dump()
+    torch.manual_seed(0)
+    return LoadedGenerator([GENERATORS.get("dcgan")(**args).eval()], {"arch": "dcgan", "args": args}, ["test"], torch.device("cpu"))
+
+
+def test_multi_channel_images_are_refused_for_png_and_kept_whole_in_npy(tmp_path):
+    gen = _three_channel_generator()
+    with pytest.raises(ValueError, match="PNG output holds 1-channel \\(grey\\) images; this model makes 3-channel images: use format 'npy'"):
+        gen.save(tmp_path / "png", n=2, fmt="png")
+    assert not (tmp_path / "png").exists()  # refused before anything was written
+    records = gen.save(tmp_path / "npy", n=2, fmt="npy")
+    expected = gen.sample(2, seed=0)
+    for r in records:
+        arr = np.load(tmp_path / "npy" / r["file"])
+        assert arr.shape == (3, 32, 32) and arr.dtype == np.float32
+        np.testing.assert_array_equal(arr, expected[r["index"]].numpy())
+    assert json.loads((tmp_path / "npy" / "manifest.json").read_text())["channels"] == 3
+    from breastgan.generation.distributed import generate_distributed
+
+    with pytest.raises(ValueError, match="3-channel images"):
+        generate_distributed(gen, tmp_path / "dist", n=2, fmt="png")
+
+
+def test_grey_images_stay_grey_png(run, tmp_path):
+    gen = breastgan.load_generator(run)
+    gen.save(tmp_path, n=2, seed=1, fmt="png", bit_depth=8)
+    with Image.open(tmp_path / "img_00000000.png") as im:
+        assert im.mode == "L" and im.size == (32, 32)

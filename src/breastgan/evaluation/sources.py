@@ -125,27 +125,52 @@ def from_dataset(dataset: Any, n: int | None = None, seed: int = 0, name: str | 
 
 
 def from_generator(generator: Any, n: int | None, seed: int = 0, name: str = "generator", labels: Any = None) -> ImageSource:
-    """``generator.sample(n, seed=..., labels=...)``; batch k uses seed ``seed + k`` so runs are reproducible."""
+    """Images from a generator: any loaded breastgan kind, or an object with ``sample(n, seed=..., labels=...)``.
+
+    A breastgan kind is read with ``synthesize_range`` (image i depends only on (seed, i), whatever the
+    batch size; the images ``breastgan generate --seed`` writes), labels through a noise generator's
+    ``sample_range``; ``n`` must fit its ``capacity`` (a translator makes the translations of the images
+    bound to it, an inversion its reconstructions). Any other object is sampled per batch, batch k with
+    seed ``seed + k``.
+    """
     if n is None:
         raise ValueError(f"{name}: sampling from a generator needs a sample count n")
+    kind = getattr(generator, "kind", None)
+    if hasattr(generator, "synthesize_range"):
+        cap = generator.capacity
+        if cap is not None and n > cap:
+            hint = (" (a translation model makes images from input images: bind them first, gen.bind(images))" if cap == 0
+                    else "; ask for fewer")
+            raise ValueError(f"{name}: this {kind} model can make {cap} images, {n} were asked for{hint}")
+        if labels is not None and kind != "noise":
+            raise ValueError(f"{name}: labels apply to noise generators; this is a {kind} model")
 
-    def read(a: int, b: int) -> torch.Tensor:
-        x = generator.sample(b - a, seed=seed + a, labels=labels)
-        return _check_images(torch.as_tensor(x).detach().cpu(), name)
+        def read(a: int, b: int) -> torch.Tensor:
+            x = generator.sample_range(a, b, seed=seed, labels=labels) if labels is not None else generator.synthesize_range(a, b, seed=seed)
+            return _check_images(x.detach().cpu(), name)
+    else:
+        def read(a: int, b: int) -> torch.Tensor:
+            x = generator.sample(b - a, seed=seed + a, labels=labels)
+            return _check_images(torch.as_tensor(x).detach().cpu(), name)
 
     def fingerprint() -> str:
-        return hashlib.sha256(f"{name}|{n}|{seed}".encode()).hexdigest()
+        return hashlib.sha256(f"{name}|{kind}|{n}|{seed}".encode()).hexdigest()
 
-    return ImageSource("generator", name, n, read, fingerprint, {"seed": seed})
+    info: dict[str, Any] = {"seed": seed}
+    if kind is not None:
+        info["model_kind"] = kind
+    return ImageSource("generator", name, n, read, fingerprint, info)
 
 
 def is_run_or_package(path: Path) -> bool:
-    """A breastgan run directory (has checkpoints/) or exported generator package (has manifest.json)."""
-    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "manifest.json").is_file())
+    """A path ``breastgan.load_generator`` reads: a run or checkpoint directory, a generator package (or a plug-in's format)."""
+    from breastgan.generation.source_loaders import find_source_loader  # lazily: generation is a separately built part
+
+    return path.exists() and find_source_loader(path) is not None
 
 
 def resolve_source(obj: Any, n: int | None = None, seed: int = 0, role: str = "images") -> ImageSource:
-    """Turn a tensor, folder, run directory, generator package, dataset or generator into an :class:`ImageSource`."""
+    """Turn a tensor, folder, run directory, generator package, dataset or generator (any kind) into an :class:`ImageSource`."""
     if isinstance(obj, ImageSource):
         return obj
     if isinstance(obj, torch.Tensor):
@@ -155,15 +180,21 @@ def resolve_source(obj: Any, n: int | None = None, seed: int = 0, role: str = "i
         if not path.exists():
             raise FileNotFoundError(f"{path}: --{role} path does not exist")
         if is_run_or_package(path):
-            from breastgan import load_generator  # lazily: generation is an optional, separately built part
+            from breastgan.generation import load_generator  # lazily: generation is an optional, separately built part
 
-            if n is None:
-                raise ValueError(f"{path}: a generator needs a sample count (--n)")
-            return from_generator(load_generator(path), n, seed, name=str(path))
+            gen = load_generator(path)
+            cap = gen.capacity
+            if n is None and not cap:
+                raise ValueError(f"{path}: a generator needs a sample count (--n)" if cap is None else
+                                 f"{path}: a {gen.kind} model makes images from input images; bind them (gen.bind(images)) "
+                                 "and pass the bound model instead of the path")
+            return from_generator(gen, n if n is not None else cap, seed, name=str(path))
         if path.is_dir():
             return from_folder(path, n, seed)
         raise ValueError(f"{path}: expected a folder of images, a run directory or a generator package")
-    if hasattr(obj, "sample") and callable(obj.sample):
+    if callable(getattr(obj, "synthesize_range", None)) or callable(getattr(obj, "sample", None)):
+        if n is None and getattr(obj, "capacity", None):
+            n = obj.capacity  # a bound translator or an inversion: every image it can make
         return from_generator(obj, n, seed, name=type(obj).__name__)  # type: ignore[arg-type]
     if hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and hasattr(obj, "fingerprint"):
         return from_dataset(obj, n, seed)

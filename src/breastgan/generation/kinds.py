@@ -169,6 +169,7 @@ class LoadedModel(ABC):
     REQUIRED_ROLES: ClassVar[tuple[str, ...]] = ()
     INPUTS_REQUIRED: ClassVar[frozenset[str]] = frozenset()  # keys of the model file's / manifest's ``inputs``
     INPUTS_ALLOWED: ClassVar[frozenset[str]] = frozenset()
+    PACKAGE_INPUTS: ClassVar[frozenset[str]] = frozenset()  # what a package manifest must declare (a run may leave it to the args)
     COMPARED: ClassVar[tuple[str, ...]] = ()  # declared attributes compared with each component
     CONTRACT: ClassVar[tuple[str, ...]] = ()  # attributes each built component must have
     TRANSLATOR: ClassVar[bool] = False  # components are image-to-image architectures
@@ -195,9 +196,10 @@ class LoadedModel(ABC):
             raise error(f"{where}{field}: kind {cls.kind!r} needs the component(s) {missing}")
 
     @classmethod
-    def check_inputs(cls, present: Sequence[str], where: str, field: str, error: type[Exception]) -> None:
+    def check_inputs(cls, present: Sequence[str], where: str, field: str, error: type[Exception], package: bool = False) -> None:
+        """Input keys against the kind's (``package``: a manifest, which must also declare ``PACKAGE_INPUTS``)."""
         where = f"{where}: " if where else ""
-        missing = sorted(cls.INPUTS_REQUIRED - set(present))
+        missing = sorted((cls.INPUTS_REQUIRED | (cls.PACKAGE_INPUTS if package else frozenset())) - set(present))
         if missing:
             raise error(f"{where}{field}: kind {cls.kind!r} needs {', '.join(f'{field}.{k}' for k in missing)}")
         extra = sorted(set(present) - cls.INPUTS_ALLOWED)
@@ -275,6 +277,7 @@ class LoadedGenerator(LoadedModel):
     REQUIRED_ROLES = ("generator",)
     INPUTS_REQUIRED = frozenset({"latent"})
     INPUTS_ALLOWED = frozenset({"latent"})
+    PACKAGE_INPUTS = frozenset({"latent"})
     COMPARED = ("latent_dim", "channels", "image_size", "num_classes")
     CONTRACT = NOISE_CONTRACT
     ENSEMBLE_ROLE = "generator"
@@ -379,6 +382,7 @@ class LoadedTranslator(LoadedModel):
     kind = "translation"
     ROLES = ("a2b", "b2a")
     INPUTS_ALLOWED = frozenset({"image"})
+    PACKAGE_INPUTS = frozenset({"image"})
     COMPARED = ("channels", "size_multiple")
     CONTRACT = ("channels",)
     TRANSLATOR = True
@@ -518,6 +522,7 @@ class LoadedInversion(LoadedModel):
     REQUIRED_ROLES = ("generator",)
     INPUTS_REQUIRED = frozenset({"codes"})
     INPUTS_ALLOWED = frozenset({"latent", "codes"})
+    PACKAGE_INPUTS = frozenset({"latent", "codes"})
     COMPARED = ("latent_dim", "channels", "image_size", "num_classes")
     CONTRACT = NOISE_CONTRACT
 

@@ -33,12 +33,14 @@ from breastgan.generation.source_loaders import find_source_loader, register_sou
 from breastgan.models.weights import load_state_dict_checked
 from breastgan.run_dir import (
     LEGACY_MODEL_FILE,
+    META,
     MODEL_FILE,
     SNAPSHOTS,
     CheckpointInfo,
     ModelFile,
     RunDirError,
     checkpoint_at,
+    checkpoint_model_file,
     find_checkpoint,
     is_run_dir,
     list_snapshots,
@@ -141,15 +143,28 @@ def load_run(
     snapshots: str | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """A run directory, or one of its checkpoint directories (``checkpoint`` is then ignored)."""
+    """A run directory, or one of its checkpoint directories (``checkpoint`` is then ignored).
+
+    A checkpoint is described by the model file it recorded (``meta.json`` field ``model``), else by the
+    run's ``model.json`` / ``generator.json``; a snapshot ensemble by the run's file.
+    """
     src, device = Path(path), torch.device(device)
     info = checkpoint_at(src)
     run = src.parent.parent if info is not None else src
+    ckpt: CheckpointInfo | None = None
     try:
-        model = read_model_file(run)
+        if snapshots is None:
+            # a checkpoint records the model file of its own weights (the run's file describes the newest structure)
+            ckpt = info or find_checkpoint(run, checkpoint)
+            model = checkpoint_model_file(ckpt, run)
+        else:
+            model = read_model_file(run)  # snapshots are of the run's sampling component
     except RunDirError as exc:
         raise GeneratorLoadError(str(exc)) from None
-    where = str(run / (MODEL_FILE if (run / MODEL_FILE).is_file() else LEGACY_MODEL_FILE))
+    if ckpt is not None and ckpt.meta.get("model"):
+        where = f"{ckpt.path / META} (field 'model')"
+    else:
+        where = str(run / (MODEL_FILE if (run / MODEL_FILE).is_file() else LEGACY_MODEL_FILE))
     kind = kind_class(model.kind, where, "kind", GeneratorLoadError)
     kind.check_roles(list(model.components), where, "components", GeneratorLoadError)
     kind.check_inputs(list(model.inputs), where, "inputs", GeneratorLoadError)
@@ -159,18 +174,13 @@ def load_run(
     planned = plan_components(kind, requests, declared, where, GeneratorLoadError)  # before any module is built
 
     files: dict[str, list[Path]] = {}
-    ckpt: CheckpointInfo | None = None
     if snapshots is not None:
         if kind.ENSEMBLE_ROLE is None:
             raise GeneratorLoadError(f"{where}: snapshot ensembles are for kind 'noise'; this run's kind is {model.kind!r}")
         files[kind.ENSEMBLE_ROLE] = _snapshot_files(run, snapshots)
-    if any(role not in files for role in planned) or "codes" in model.inputs:
-        try:
-            ckpt = info or find_checkpoint(run, checkpoint)
-        except RunDirError as exc:
-            raise GeneratorLoadError(str(exc)) from None
+    elif ckpt is not None:
         for role, spec in model.components.items():
-            files.setdefault(role, [_component_weights(ckpt, spec.module, ema, where, role)])
+            files[role] = [_component_weights(ckpt, spec.module, ema, where, role)]
 
     modules: dict[str, list[torch.nn.Module]] = {}
     for role, paths in files.items():
@@ -185,14 +195,14 @@ def load_run(
 
     extras: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {
-        "kind": model.kind, "model_file": Path(where).name, "class_names": list(model.class_names),
+        "kind": model.kind, "model_file": where, "class_names": list(model.class_names),
         "output": dict(model.output), "inputs": dict(model.inputs),
         "components": {role: {"arch": spec.arch, "args": dict(spec.args)} for role, spec in model.components.items()},
     }
     if "generator" in model.components:
         meta["arch"], meta["args"] = model.components["generator"].arch, dict(model.components["generator"].args)
     codes = model.inputs.get("codes")
-    if codes is not None and ckpt is not None:  # fitted codes live in the checkpoint (snapshots are refused for this kind)
+    if codes is not None and ckpt is not None:  # fitted codes live in the checkpoint (this kind has no snapshot ensembles)
         extras, codes_file = _read_codes(codes, ckpt, modules, where)
         meta["codes_source"] = str(codes_file)
         sources.append(str(codes_file))

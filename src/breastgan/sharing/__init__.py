@@ -19,7 +19,7 @@ from typing import Any
 
 from breastgan.generation.source_loaders import register_source_loader
 from breastgan.sharing.loader import VerifyReport, load_package, verify_package
-from breastgan.sharing.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, PackageError, parse_json_bytes
+from breastgan.sharing.manifest import FORMAT, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, PackageError, parse_json_bytes
 
 _LAZY = {
     "export_package": ("breastgan.sharing.package", "export_package"),
@@ -33,9 +33,9 @@ _LAZY = {
 def is_package(path: Path) -> bool:
     """A folder with a ``manifest.json`` that is not some other breastgan manifest.
 
-    ``breastgan generate`` also writes a ``manifest.json`` (no ``format`` key) next to its images: such a
-    folder is a folder of images. Anything else with a manifest, valid or not, goes to the package
-    loader, whose checks then say what is wrong with it.
+    ``breastgan generate`` also writes a ``manifest.json`` next to its images (its ``format`` is the
+    image format, and it has no ``schema_version``): such a folder is a folder of images. Anything else
+    with a manifest, valid or not, goes to the package loader, whose checks then say what is wrong.
     """
     f = path / MANIFEST_NAME
     if not path.is_dir() or not (f.is_file() or f.is_symlink()):
@@ -44,7 +44,7 @@ def is_package(path: Path) -> bool:
         obj = parse_json_bytes(f.read_bytes()[: MAX_MANIFEST_BYTES + 1]) if f.is_file() and not f.is_symlink() else None
     except (PackageError, OSError):
         return True
-    return obj is None or "format" in obj
+    return obj is None or obj.get("format") == FORMAT or "schema_version" in obj
 
 
 def _load_package_source(path: Path, *, checkpoint: Any = "latest", ema: bool = True, snapshots: Any = None, device: Any = "cpu"):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_serializer, model_validator
 
 FORMAT = "breastgan-generator-package"
 SCHEMA_VERSION = 2  # what export writes
@@ -279,6 +279,11 @@ class Inputs(Strict):
     def present(self) -> list[str]:
         return [k for k in ("latent", "image", "codes") if getattr(self, k) is not None]
 
+    @model_serializer(mode="wrap")
+    def _only_present(self, handler: Any) -> dict[str, Any]:
+        # a kind's inputs, nothing else: absent inputs are left out rather than written as null
+        return {k: v for k, v in handler(self).items() if v is not None}
+
 
 RefName = Annotated[str, StringConstraints(pattern=r"^seed_[0-9]{1,10}(_[a-z][a-z0-9_\-]{0,63})?$")]
 
@@ -328,7 +333,7 @@ class ManifestV2(Strict):
             raise ValueError(f"kind {self.kind!r} is not a breastgan generator kind; available: {', '.join(KINDS.names())}")
         kind = KINDS.get(self.kind)
         kind.check_roles(list(self.components), "", "components", ValueError)
-        kind.check_inputs(self.inputs.present(), "", "inputs", ValueError)
+        kind.check_inputs(self.inputs.present(), "", "inputs", ValueError, package=True)
         named: dict[str, str] = {}
         for role, comp in self.components.items():
             entry = self.files.get(comp.weights)

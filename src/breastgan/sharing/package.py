@@ -384,7 +384,7 @@ def export_package(
     """
     from breastgan.config import load_config
     from breastgan.generation.loader import load_generator
-    from breastgan.run_dir import find_checkpoint, read_dp_guarantee, read_model_file
+    from breastgan.run_dir import checkpoint_model_file, find_checkpoint, read_dp_guarantee
 
     run, out = Path(run), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -394,8 +394,8 @@ def export_package(
     if onnx and onnx_exporter not in ONNX_EXPORTERS:
         raise PackageError(f"unknown ONNX exporter {onnx_exporter!r}; available: {sorted(ONNX_EXPORTERS)}")
     cfg = load_config(run / "config.yaml")
-    model_file = read_model_file(run)
     ckpt = find_checkpoint(run, checkpoint)
+    model_file = checkpoint_model_file(ckpt, run)  # what this checkpoint's weights are
     gen = load_generator(ckpt.path, ema=True)
     if onnx and gen.kind != "noise":
         raise PackageError(f"ONNX export maps latents to images (kind 'noise'); this run's kind is {gen.kind!r}")

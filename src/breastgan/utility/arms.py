@@ -81,7 +81,9 @@ def sample_synthetic(arm: SyntheticArm, n: int, seed: int) -> list[tuple[str, to
         if not ref.source.exists():
             raise FileNotFoundError(f"arm {arm.name!r}: generator {ref.source} not found")
         gen = load_generator(ref.source, checkpoint=ref.checkpoint, ema=ref.ema, snapshots=ref.snapshots)
-        images = gen.sample(k, seed=seed, labels=ref.label) if ref.label is not None else gen.sample(k, seed=seed)
+        if ref.label is not None and gen.kind != "noise":
+            raise ValueError(f"arm {arm.name!r}: generator {ref.source} is a {gen.kind} model; label applies to noise generators")
+        images = gen.sample(k, seed=seed, labels=ref.label) if ref.label is not None else gen.synthesize(k, seed=seed)
         out.append((generator_label(str(ref.source)), images))
     return out
 

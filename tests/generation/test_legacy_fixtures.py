@@ -1,6 +1,6 @@
 """Run directories and v1 generator packages made by breastgan 0.1.0 keep working, image for image.
 
-The fixtures in tests/fixtures/legacy were recorded with the pre-redesign code (record.py there):
+The fixtures in tests/fixtures/legacy were recorded with the pre-redesign code (record_legacy.py there):
 ``generate`` from the old run (EMA, raw, snapshot ensemble) and from the v1 package must write
 byte-identical PNGs on the recording build, and the same images within 1e-6 elsewhere.
 """
@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 sys.path[:0] = [str(LEGACY), str(LEGACY.parent)]
-import record  # noqa: E402
+import record_legacy as record  # noqa: E402
 from environment import same_float_environment  # noqa: E402
 
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())

@@ -1,6 +1,6 @@
 """Golden equality: the GAN paths train to the weights recorded before the recipe redesign.
 
-tests/fixtures/golden/record.py recorded them (quickstart DCGAN, WGAN-GP, conditional DCGAN with
+tests/fixtures/golden/record_golden.py recorded them (quickstart DCGAN, WGAN-GP, conditional DCGAN with
 DiffAugment and hinge loss, DP-SGD) with the pre-redesign trainer. Same torch build and CPU kernels:
 the sha256 must match exactly. Other kernels: every tensor within 1e-4 (a recipe change moves them
 by far more; see tests/fixtures/environment.py).
@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 sys.path[:0] = [str(GOLDEN), str(GOLDEN.parent)]
-import record  # noqa: E402
+import record_golden as record  # noqa: E402
 from environment import same_float_environment  # noqa: E402
 
 RECORD = json.loads((GOLDEN / "golden.json").read_text())

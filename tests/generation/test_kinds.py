@@ -24,7 +24,6 @@ from handbuilt import TinyTranslator, inversion_run, make_run, translation_run, 
 from breastgan.generation import KINDS, GeneratorLoadError, LoadedGenerator, LoadedInversion, LoadedTranslator, load_generator
 from breastgan.generation import kinds as kinds_mod
 from breastgan.generation.latents import CHUNK, latents_for, synthetic_images
-from breastgan.models.weights import state_dict_cpu
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 
@@ -67,6 +66,13 @@ def test_checkpoint_directory_passed_directly(legacy_run):
     a, b = load_generator(legacy_run), load_generator(ckpt)
     assert b.sources == [str(ckpt / "generator_ema.safetensors")]
     assert torch.equal(a.sample(3, seed=1), b.sample(3, seed=1))
+
+
+def test_corrupt_checkpoint_record_is_named(legacy_run):
+    ckpt = legacy_run / "checkpoints" / "step_00000008"
+    (ckpt / "meta.json").write_text("{not json")
+    with pytest.raises(GeneratorLoadError, match="step_00000008/meta.json: not a valid checkpoint record"):
+        load_generator(ckpt)
 
 
 def test_a_checkpoint_is_described_by_its_own_model_file(tmp_path):

@@ -186,6 +186,15 @@ def test_generate_from_a_translation_package(tpkg_exported, tmp_path):
     assert r.exit_code == 0 and "VERIFIED" in r.output and "kind 'translation'" in r.output
 
 
+def test_hub_indexes_the_kind(tpkg_exported, tmp_path):
+    from breastgan.sharing.hub import LocalHub
+
+    hub = LocalHub(tmp_path / "hub")
+    e = hub.add(tpkg_exported)
+    assert e.kind == "translation" and e.architecture == "test-translator" and hub.search(kind="translation") == [e]
+    assert hub.search(kind="noise") == [] and isinstance(hub.load(e.id), LoadedTranslator)
+
+
 def test_translator_audit_uses_its_translations_of_the_held_out_images(trun, holdout_images, tmp_path):
     from breastgan.sharing.audit import audit_run
 

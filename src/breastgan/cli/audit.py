@@ -56,7 +56,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def audit_command(
-    run: Path = typer.Option(..., "--run", help="a breastgan run directory (its EMA generator is audited)"),
+    run: Path = typer.Option(..., "--run", help="a breastgan run directory (its model, EMA weights, is audited; a translator on its translations of --holdout)"),
     holdout: Path = typer.Option(..., "--holdout", help="held-out real images: a prepared set (rows of --holdout-split) or a folder"),
     train: Optional[Path] = typer.Option(None, "--train", help="training images (prepared set or folder); default: the run's own dataset"),
     canaries: Optional[Path] = typer.Option(None, "--canaries", help="folder of canary images planted in the training set"),

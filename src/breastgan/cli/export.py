@@ -28,7 +28,7 @@ def export_command(
     no_inversion: bool = typer.Option(False, "--no-inversion", help="skip the white-box attack"),
     force: bool = typer.Option(False, "--force", help="export although the audit failed or was not run (needs --reason)"),
     reason: Optional[str] = typer.Option(None, "--reason", help="why the gate is overridden (recorded in the manifest)"),
-    onnx: bool = typer.Option(False, "--onnx", help="also write generator.onnx"),
+    onnx: bool = typer.Option(False, "--onnx", help="also write generator.onnx (kind noise: z -> images)"),
     onnx_exporter: str = typer.Option("torchscript", help="torchscript (no extra package) or dynamo (needs onnxscript)"),
     medigan: bool = typer.Option(False, "--medigan", help="also write medigan-style metadata (medigan_metadata.json)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing package at --out"),
@@ -36,7 +36,7 @@ def export_command(
     holdout_split: str = typer.Option("test"),
     seed: int = typer.Option(0, help="audit seed"),
 ) -> None:
-    """Audit a run's generator for privacy, then write a safe package (safetensors + manifest + model card)."""
+    """Audit a run's model (any kind) for privacy, then write a safe package (safetensors + manifest + model card)."""
     from breastgan.cli.audit import audit_options, print_report
     from breastgan.sharing.package import export_package
 

@@ -18,7 +18,7 @@ def verify_command(
     device: str = typer.Option("cpu"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
-    """Verify a generator package without running code from it; exit 1 if the reference samples do not reproduce."""
+    """Verify a generator package (any kind) without running code from it; exit 1 if the reference samples do not reproduce."""
     from breastgan.sharing import verify_package
 
     report = verify_package(package, device, tolerance=tolerance, expected_manifest_sha256=sha256)

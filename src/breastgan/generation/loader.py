@@ -32,6 +32,8 @@ from breastgan.generation.kinds import (
 from breastgan.generation.source_loaders import find_source_loader, register_source_loader
 from breastgan.models.weights import load_state_dict_checked
 from breastgan.run_dir import (
+    CHECKPOINTS,
+    CKPT_RE,
     LEGACY_MODEL_FILE,
     META,
     MODEL_FILE,
@@ -75,8 +77,19 @@ def load_generator(
     return loader.load(src, checkpoint=checkpoint, ema=ema, snapshots=snapshots, device=torch.device(device))
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    return bool(CKPT_RE.match(path.name)) and path.parent.name == CHECKPOINTS and (path / META).is_file()
+
+
 def _accepts_run(path: Path) -> bool:
-    return path.is_dir() and (is_run_dir(path) or checkpoint_at(path) is not None)
+    return path.is_dir() and (is_run_dir(path) or _looks_like_checkpoint(path))
+
+
+def _checkpoint_at(path: Path) -> CheckpointInfo | None:
+    try:
+        return checkpoint_at(path)
+    except ValueError as exc:  # meta.json that is not JSON
+        raise GeneratorLoadError(f"{path / META}: not a valid checkpoint record ({exc})") from None
 
 
 def _declared(model: ModelFile, where: str) -> dict[str, Declared]:
@@ -149,7 +162,7 @@ def load_run(
     run's ``model.json`` / ``generator.json``; a snapshot ensemble by the run's file.
     """
     src, device = Path(path), torch.device(device)
-    info = checkpoint_at(src)
+    info = _checkpoint_at(src)
     run = src.parent.parent if info is not None else src
     ckpt: CheckpointInfo | None = None
     try:

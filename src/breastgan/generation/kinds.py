@@ -463,10 +463,6 @@ class LoadedTranslator(LoadedModel):
         return LoadedTranslator(self.translators, self.meta, self.sources, self.device, bound=(x, tuple(dirs)))
 
     @property
-    def bound(self) -> tuple[torch.Tensor, tuple[str, ...]] | None:
-        return self._bound
-
-    @property
     def capacity(self) -> int:
         if self._bound is None:
             return 0

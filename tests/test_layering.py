@@ -93,7 +93,6 @@ def test_generation_imports_neither_sharing_nor_training(modules):
     assert violations(modules, "breastgan.generation", ("breastgan.sharing", "breastgan.training")) == {}
 
 
-@pytest.mark.xfail(strict=False, reason="config.py is being redesigned")
 def test_config_imports_neither_training_nor_evaluation(modules):
     assert violations(modules, "breastgan.config", ("breastgan.training", "breastgan.evaluation")) == {}
 

@@ -7,5 +7,6 @@ relies on the small :class:`GeneratorBase` / discriminator call contract below.
 
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, GeneratorBase
 from breastgan.models import dcgan  # noqa: F401  (registers dcgan, wgan_gp_critic)
+from breastgan.models import progan  # noqa: F401  (registers progan)
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "GeneratorBase"]

@@ -4,6 +4,7 @@ Importing this package registers the built-in recipes in :data:`RECIPES`.
 """
 
 from breastgan.training.recipes import gan  # noqa: F401  (registers 'gan')
+from breastgan.training.recipes import progan  # noqa: F401  (registers 'progan')
 from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec
 
 __all__ = ["RECIPES", "Recipe", "RecipeArgs", "OptimizerSpec", "SchedulerSpec", "StepOutput", "StreamSpec"]

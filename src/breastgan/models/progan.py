@@ -91,7 +91,8 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, eps: float = 1e-8) ->
     """
     n, c, h, w = x.shape
     g = stddev_group(n, group_size)
-    y = x.float().reshape(n // g, g, c, h, w)
+    # the statistic in at least fp32 (a bf16 variance of near-identical samples is all rounding)
+    y = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).reshape(n // g, g, c, h, w)
     y = (y - y.mean(dim=1, keepdim=True)).pow(2).mean(dim=1)
     y = torch.sqrt(y + eps).mean(dim=(1, 2, 3))  # (n // g,)
     y = y.to(x.dtype).repeat_interleave(g).view(n, 1, 1, 1).expand(n, 1, h, w)

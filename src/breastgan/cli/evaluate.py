@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import typer
 
+from breastgan.cli.common import friendly_errors
+
 
 def _parse_options(values: list[str]) -> dict[str, dict[str, Any]]:
     """``--option lpips.backbone_weights=alex.pth`` -> {"lpips": {"backbone_weights": "alex.pth"}} (values parsed as JSON when possible)."""
@@ -27,6 +29,9 @@ def _parse_options(values: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def evaluate_command(
+    evaluations: Optional[list[Path]] = typer.Argument(None, help="with --compare: evaluation output folders (metrics.json) to compare"),
+    compare: bool = typer.Option(False, "--compare", help="compare evaluation folders given as arguments: compare.csv/.md/.png/.json in --out"),
+    force: bool = typer.Option(False, "--force", help="with --compare: compare even when n, extractor or input policy differ (as warnings)"),
     real: Optional[Path] = typer.Option(None, "--real", help="folder of real images (or a prepared dataset folder)"),
     fake: Optional[Path] = typer.Option(None, "--fake", help="folder of synthetic images, a run directory or an exported generator package"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder for metrics.json and report.html"),
@@ -52,7 +57,10 @@ def evaluate_command(
             typer.echo(f"{e.name:16s} {e.summary}")
         for e in EXTRACTORS:
             typer.echo(f"extractor {e.name:16s} {e.summary}")
-        raise typer.Exit()
+        return
+    if compare or evaluations:
+        _compare(evaluations or [], out, force)
+        return
     missing = [flag for flag, v in (("--real", real), ("--fake", fake), ("--out", out)) if v is None]
     if missing:
         raise typer.BadParameter(f"missing {', '.join(missing)} (all of --real, --fake and --out are required)")
@@ -82,5 +90,17 @@ def evaluate_command(
         console.print(f"[yellow]warning[/yellow]: {w}")
 
 
+def _compare(evaluations: list[Path], out: Optional[Path], force: bool) -> None:
+    from breastgan.evaluation.compare import compare_evaluations
+
+    if out is None:
+        raise typer.BadParameter("--compare writes its table and figure to --out; give an output folder", param_hint="--out")
+    summary = compare_evaluations(evaluations, out, force=force)
+    typer.echo((out / "compare.md").read_text())
+    for w in summary["warnings"]:
+        typer.echo(f"warning: not comparable: {w}")
+    typer.echo(f"wrote {', '.join(str(out / f) for f in summary['files'])}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    app.command("evaluate")(friendly_errors(evaluate_command))

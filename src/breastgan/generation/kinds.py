@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from breastgan.generation.latents import latents_for, synthetic_images
 from breastgan.models.registry import GENERATORS
@@ -73,9 +74,109 @@ class PlannedComponent:
     request: ComponentRequest
     entry: Entry
     args: dict[str, Any]  # validated by the architecture's argument model
+    size: "ModuleSize | None" = None  # what building it would allocate (counted on the meta device)
 
     def build(self) -> nn.Module:
         return self.entry.obj(**self.args)
+
+
+# -- bounding what a model file / manifest can make the loader allocate -------------------------
+# A hostile or corrupt file can hold arguments that are each valid but describe a model of billions of
+# parameters (num_classes 10^9 -> a 10^9-row embedding; maximal widths at 256 px -> 1.3e9 parameters,
+# 4.8 GB and 18 s before the weights check said anything). Sizes are therefore counted before any
+# module is built, by building it on the meta device (shapes only, no storage; milliseconds).
+MAX_PARAMETERS = 1 << 30  # elements in parameters + buffers of one component (4 GiB as float32, MAX_FILE_BYTES of a package)
+SMALL_MODULE_BYTES = 64 << 20  # building a module this small costs little; above it, its weights file must be able to hold it
+
+
+@dataclass(frozen=True)
+class ModuleSize:
+    elements: int  # parameters + buffers
+    nbytes: int  # of its state dict, in the dtypes the module holds (what its weights file must at least contain)
+    largest: str  # name of the largest tensor
+    largest_shape: tuple[int, ...]
+
+
+class _SkipRandomInit(TorchFunctionMode):
+    """Random initialisers become no-ops: on meta tensors they only cost time (the first ``normal_`` on
+    a meta tensor imports torch's reference implementations, 2.6 s here) and shapes are all we count."""
+
+    SKIP = frozenset({"normal_", "uniform_", "erfinv_", "exponential_", "log_normal_", "cauchy_", "geometric_", "random_", "bernoulli_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in self.SKIP:  # Tensor.normal_(...) or nn.init.normal_(tensor=...)
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+def module_size(entry: Entry, args: Mapping[str, Any]) -> ModuleSize:
+    """Elements and bytes of the module ``entry`` builds from ``args``, without allocating any tensor."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"), _SkipRandomInit():  # nor moving the caller's RNG
+        module = entry.obj(**args)
+    state = module.state_dict()
+    if not state:
+        return ModuleSize(0, 0, "", ())
+    name, big = max(state.items(), key=lambda kv: kv[1].numel())
+    return ModuleSize(sum(t.numel() for t in state.values()), sum(t.numel() * t.element_size() for t in state.values()),
+                      name, tuple(big.shape))
+
+
+def _main_culprit(p: PlannedComponent, total: int) -> str:
+    """Which argument makes the module big: the one whose default shrinks it most (asked only when it is too big)."""
+    model = p.entry.args_model
+    best: tuple[int, str, Any, Any] | None = None
+    for name, value in p.args.items():
+        field_info = model.model_fields.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or field_info is None or field_info.is_required():
+            continue
+        default = field_info.default
+        if default == value:
+            continue
+        try:
+            smaller = module_size(p.entry, {**p.args, name: default}).elements
+        except Exception:  # noqa: BLE001 - an argument combination the architecture refuses tells nothing
+            continue
+        if best is None or total - smaller > best[0]:
+            best = (total - smaller, name, value, default)
+    if best is None or best[0] <= 0:
+        return ""
+    saved, name, value, default = best
+    return f"; most of them come from {p.request.args_field}.{name} = {value!r} ({saved:,} elements more than with its default {default!r})"
+
+
+def _check_size(p: PlannedComponent, where: str, error: type[Exception], max_elements: int) -> None:
+    try:
+        size = module_size(p.entry, p.args)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+        raise error(f"{where}: {p.request.args_field}: {p.request.arch!r} cannot be built from these arguments ({exc})") from None
+    p.size = size
+    if size.elements > max_elements:
+        raise error(f"{where}: {p.request.args_field} describe a {p.request.arch!r} of {size.elements:,} parameters and buffers "
+                    f"({size.nbytes / 2**30:.1f} GiB), over the loader's bound of {max_elements:,}; the largest tensor is "
+                    f"{size.largest} of shape {list(size.largest_shape)}{_main_culprit(p, size.elements)}")
+
+
+def check_weights_size(planned: Mapping[str, PlannedComponent], weights_bytes: Mapping[str, Sequence[tuple[int, str]]],
+                       where: str, error: type[Exception]) -> None:
+    """Each component's state dict must fit in its weights file(s) (role -> [(size in bytes, file name)]).
+
+    Tensors load with exactly the module's dtypes, so a weights file smaller than the module's state
+    dict can never load: refusing it here, before anything is built, keeps a file of a few kB from
+    making the loader allocate gigabytes first. Modules under ``SMALL_MODULE_BYTES`` are left to the
+    safetensors header check, whose message names the tensors that differ.
+    """
+    for role, files in weights_bytes.items():
+        p = planned.get(role)
+        if p is None or p.size is None or p.size.nbytes <= SMALL_MODULE_BYTES:
+            continue
+        for nbytes, name in files:
+            if p.size.nbytes > nbytes:
+                raise error(f"{where}: {p.request.args_field} describe a {p.request.arch!r} whose weights take {p.size.nbytes:,} bytes "
+                            f"({p.size.elements:,} elements), but {name} holds only {nbytes:,} bytes; the arguments do not "
+                            f"describe these weights{_main_culprit(p, p.size.elements)}")
 
 
 def _normalise(attr: str, value: Any) -> Any:
@@ -101,8 +202,9 @@ def kind_class(name: str, where: str, field: str, error: type[Exception]) -> typ
 
 
 def plan_components(kind: type["LoadedModel"], requests: Sequence[ComponentRequest], declared: Mapping[str, Declared],
-                    where: str, error: type[Exception]) -> dict[str, PlannedComponent]:
-    """Resolve every key, validate every argument set and check them against ``declared``; builds nothing."""
+                    where: str, error: type[Exception], max_elements: int = MAX_PARAMETERS) -> dict[str, PlannedComponent]:
+    """Resolve every key, validate every argument set, check them against ``declared`` and bound each
+    component's size (``max_elements`` parameters + buffers, counted on the meta device); builds nothing."""
     planned: dict[str, PlannedComponent] = {}
     for req in requests:
         if req.arch not in GENERATORS:
@@ -126,7 +228,10 @@ def plan_components(kind: type["LoadedModel"], requests: Sequence[ComponentReque
                 continue
             got = _normalise(attr, p.args[attr])
             if _normalise(attr, d.value) != got:
-                raise error(f"{where}: {d.field} is {d.value!r} but {p.request.args_field} give {got!r}")
+                raise error(f"{where}: {d.field} is {d.value!r} but {p.request.args_field} give {got!r} "
+                            f"({p.request.args_field}.{attr})")
+    for p in planned.values():  # only after every consistency rule: those name the problem more precisely
+        _check_size(p, where, error, max_elements)
     return planned
 
 
@@ -260,12 +365,16 @@ class LoadedModel(ABC):
         """What generated the images, for the manifest of an output folder (no paths)."""
 
     def save(self, out_dir: str | Path, n: int | None = None, seed: int = 0, labels: Any = None, fmt: str = "png",
-             bit_depth: int = 16, batch_size: int = 64) -> list[dict]:
-        """Write ``n`` images (default: all that ``capacity`` allows, 1000 when unlimited) with a manifest."""
+             bit_depth: int = 16, batch_size: int = 64, overwrite: bool = False) -> list[dict]:
+        """Write ``n`` images (default: all that ``capacity`` allows, 1000 when unlimited) with a manifest.
+
+        ``out_dir`` must be empty or new; ``overwrite`` replaces what an earlier ``save``/generate wrote there.
+        """
         from breastgan.generation.writer import write_images
 
         count = n if n is not None else (self.capacity if self.capacity is not None else 1000)
-        return write_images(self, out_dir, n=count, seed=seed, labels=labels, fmt=fmt, bit_depth=bit_depth, batch_size=batch_size)
+        return write_images(self, out_dir, n=count, seed=seed, labels=labels, fmt=fmt, bit_depth=bit_depth, batch_size=batch_size,
+                            overwrite=overwrite)
 
 
 @KINDS.register("noise", summary="noise to image: G(z, labels) from per-index latents; snapshot ensembles")

@@ -25,6 +25,7 @@ from breastgan.generation.kinds import (
     LoadedGenerator,
     LoadedModel,
     build_component,
+    check_weights_size,
     codes_template,
     kind_class,
     plan_components,
@@ -59,22 +60,42 @@ def load_generator(
     ema: bool = True,
     snapshots: str | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
+    only: str | None = None,
 ) -> LoadedModel:
     """Load a model from a run directory, a checkpoint directory or a generator package.
 
     Returns the run's or package's kind: :class:`LoadedGenerator` (noise), ``LoadedTranslator``
     (translation) or ``LoadedInversion`` (inversion). ``checkpoint``: 'latest', 'best' or a step number.
     ``ema``: use the EMA weights of the modules that have them (default). ``snapshots``: 'all' or a list
-    of epochs to sample from the run's snapshot set instead (kind 'noise').
+    of epochs to sample from the run's snapshot set instead (kind 'noise'). ``only``: the one source
+    format accepted (``"run"``: run and checkpoint directories only; see :func:`source_kinds`), so a
+    path that is something else is refused instead of being read by another loader.
     """
     src = Path(source)
     loader = find_source_loader(src)
+    if only is not None:
+        loader = _only(src, only, loader)
     if loader is None:
         if not src.exists():
             raise GeneratorLoadError(f"{src}: does not exist")
         raise GeneratorLoadError(f"{src}: not a breastgan run directory (no {MODEL_FILE} or {LEGACY_MODEL_FILE}), "
                                  "checkpoint directory or generator package")
     return loader.load(src, checkpoint=checkpoint, ema=ema, snapshots=snapshots, device=torch.device(device))
+
+
+def _only(src: Path, only: str, found):
+    from breastgan.generation.source_loaders import SOURCE_LOADERS
+
+    if only not in SOURCE_LOADERS:
+        raise GeneratorLoadError(f"only={only!r}: not a generator source format; available: {', '.join(SOURCE_LOADERS.names())}")
+    wanted = SOURCE_LOADERS.entry(only)
+    if found is wanted.obj:
+        return found
+    if not src.exists():
+        raise GeneratorLoadError(f"{src}: does not exist")
+    other = next((e for e in SOURCE_LOADERS if e.obj is found), None)
+    what = f"it is {other.summary}" if other is not None else "it is neither"
+    raise GeneratorLoadError(f"{src}: not {wanted.summary}; {what}")
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
@@ -195,6 +216,8 @@ def load_run(
         for role, spec in model.components.items():
             files[role] = [_component_weights(ckpt, spec.module, ema, where, role)]
 
+    sizes = {role: [(f.stat().st_size, str(f)) for f in paths if f.is_file()] for role, paths in files.items()}
+    check_weights_size(planned, sizes, where, GeneratorLoadError)  # a few-kB file must not make us build gigabytes
     modules: dict[str, list[torch.nn.Module]] = {}
     for role, paths in files.items():
         mods = []

@@ -3,11 +3,19 @@
 PNG holds grey images only: a model making 1-channel images gets grey PNGs; any other channel count
 is refused with the count named (nothing is dropped silently), and ``.npy`` keeps every channel:
 (H, W) arrays for 1-channel images (as breastgan always wrote them), (C, H, W) otherwise.
+
+An output folder is never mixed with an earlier run's images (:func:`prepare_output`): a folder that
+is not empty is refused unless ``overwrite``, which removes what an earlier ``generate`` wrote there
+(the files its manifest lists, files named like generated images, leftover temporary files) and
+refuses to touch anything else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +28,57 @@ if TYPE_CHECKING:
     from breastgan.generation.kinds import LoadedModel
 
 FORMATS = {"png": ".png", "npy": ".npy"}
+MANIFEST = "manifest.json"
+# what write_images / atomic_path put into an output folder: images, the manifest, temporaries of both
+_GENERATED = re.compile(r"^(img_\d{8}\.(png|npy)|manifest\.json)$")
+_TEMPORARY = re.compile(r"^\.(img_\d{8}\.(png|npy)|manifest\.json)\..+\.tmp$")
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written without mixing or destroying other files; the message says why."""
+
+
+def _listed_by_manifest(out: Path) -> set[str]:
+    """File names an earlier generate's manifest lists (empty when there is none or it is not one)."""
+    try:
+        obj = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    files = obj.get("files") if isinstance(obj, dict) else None
+    if not isinstance(files, list):
+        return set()
+    return {f["file"] for f in files if isinstance(f, dict) and isinstance(f.get("file"), str) and "/" not in f["file"]}
+
+
+def prepare_output(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for a new image set: created if missing, refused if not empty (unless ``overwrite``).
+
+    With ``overwrite`` the files an earlier generate wrote are removed first, so the folder then holds
+    exactly what the new manifest lists; any other entry (a sub-folder, a file generate never writes)
+    is refused and nothing is removed.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out}: exists and is not a folder; give a folder for the images")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = sorted(os.scandir(out), key=lambda e: e.name)
+    if not entries:
+        return out
+    names = [e.name for e in entries]
+    if not overwrite:
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+        raise OutputFolderError(f"{out}: output folder is not empty ({shown}); new images would mix with these. "
+                                "Give an empty or new folder, or --overwrite (overwrite=True) to replace what an earlier generate wrote")
+    listed = _listed_by_manifest(out)
+    foreign = [e.name for e in entries if not (e.is_file(follow_symlinks=False)
+                                               and (e.name in listed or _GENERATED.match(e.name) or _TEMPORARY.match(e.name)))]
+    if foreign:
+        raise OutputFolderError(f"{out}: --overwrite only replaces what an earlier generate wrote; this folder also holds "
+                                f"{foreign[:5]}{' ...' if len(foreign) > 5 else ''}, which it did not write. Nothing was removed")
+    # the manifest first: an interrupted clean-up leaves a folder without a manifest, never one whose manifest lies
+    for name in sorted(names, key=lambda n: n != MANIFEST):
+        (out / name).unlink()
+    return out
 
 
 def image_name(index: int, fmt: str) -> str:
@@ -75,17 +134,23 @@ def write_images(
     start: int = 0,
     stop: int | None = None,
     write_manifest: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Write images [start, stop) of the n-image set for ``seed``; returns one record per file.
 
     ``labels`` (class names or indices) apply to noise generators only. Every image is written
     atomically; the manifest (``manifest.json``) is written last, so a folder with a manifest is complete.
+    Writing the whole set (``start`` 0, with the manifest) first checks the folder with
+    :func:`prepare_output` (``overwrite``); writers of one share of a set (generation.distributed)
+    have it checked once, before any share is written.
     """
     check_output(gen.channels, fmt, bit_depth)
     if labels is not None and getattr(gen, "kind", "noise") != "noise":
         raise ValueError(f"labels apply to noise generators; this is a {gen.kind} model")
     gen.check_capacity(n)
     out = Path(out_dir)
+    if start == 0 and write_manifest:
+        prepare_output(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     stop = n if stop is None else stop
     records = []
@@ -102,5 +167,5 @@ def write_images(
             rec = {"file": name, "index": a + k, "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
             records.append(rec)
     if write_manifest:
-        write_json_atomic(out / "manifest.json", output_manifest(gen, records, seed=seed, fmt=fmt, bit_depth=bit_depth, labels=labels))
+        write_json_atomic(out / MANIFEST, output_manifest(gen, records, seed=seed, fmt=fmt, bit_depth=bit_depth, labels=labels))
     return records

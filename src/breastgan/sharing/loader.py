@@ -9,8 +9,10 @@ its bytes are known to be the ones the manifest lists.
 2. The manifest is parsed with the strict, versioned schema (unknown keys are errors; v1 and v2).
 3. Every component's architecture key is resolved in breastgan's registry and its arguments
    validated by that architecture's own argument model; they must agree with the manifest's
-   latent/image/output/label spec. All of this is checked from the arguments before any module is
-   built (:func:`breastgan.generation.kinds.plan_components`).
+   latent/image/output/label spec, and the model they describe is counted on the meta device: at
+   most ``kinds.MAX_PARAMETERS`` parameters + buffers, and no more bytes than its listed weights file
+   holds. All of this is checked from the arguments before any module is built
+   (:func:`breastgan.generation.kinds.plan_components`, :func:`~breastgan.generation.kinds.check_weights_size`).
 4. Each component's safetensors header is read and checked (names, dtypes, shapes) against the
    instantiated module before any tensor is materialised; values must be finite. An inversion's
    codes file is checked the same way against the shapes the manifest declares.
@@ -36,6 +38,7 @@ from breastgan.generation.kinds import (
     Declared,
     LoadedModel,
     build_component,
+    check_weights_size,
     codes_template,
     kind_class,
     plan_components,
@@ -182,6 +185,8 @@ def _loaded(checked: CheckedPackage, device: torch.device) -> LoadedModel:
     planned = plan_components(kind, component_requests(m), declared, where, PackageError)  # nothing is built before this
     modules: dict[str, list[torch.nn.Module]] = {}
     files = m.weights_files()
+    # sizes were checked against the directory in step 1, so the listed size is the file's
+    check_weights_size(planned, {role: [(m.files[f].size, str(checked.path / f))] for role, f in files.items()}, where, PackageError)
     for role, p in planned.items():
         module = build_component(kind, p, declared, where, PackageError)
         w = str(checked.path / files[role])

@@ -4,7 +4,7 @@ Importing this package registers every metric in :data:`METRICS` (one module per
 every feature extractor in :data:`EXTRACTORS`. Entry point: :func:`evaluate`.
 """
 
-from breastgan.evaluation import fid, inception_score, kid, lpips_metric, memorisation, pixel_stats, prdc, ssim, swd  # noqa: F401  (register metrics)
+from breastgan.evaluation import fid, inception_score, kid, lpips_metric, memorisation, perceptual, pixel_stats, prdc, ssim, swd  # noqa: F401  (register metrics)
 from breastgan.evaluation.api import DEFAULT_METRICS, evaluate
 from breastgan.evaluation.context import METRICS, EvaluationContext, MetricResult, MetricSkipped
 from breastgan.evaluation.extractors import EXTRACTORS, FeatureExtractor, InputPolicy, build_extractor

@@ -24,7 +24,8 @@ from breastgan.evaluation.sources import is_run_or_package, resolve_source
 from breastgan.utils.atomic import write_json_atomic
 
 # Cheap-to-expensive; IS and LPIPS skip themselves (with the reason) unless a classifier / backbone weights are given.
-DEFAULT_METRICS = ("fid", "kid", "prdc", "embedding-swd", "swd", "psnr", "ssim", "ms-ssim", "lpips", "is", "memorisation")
+DEFAULT_METRICS = ("fid", "fid_inf", "kid", "prdc", "embedding-swd", "swd", "psnr", "ssim", "ms-ssim", "perceptual-inception", "lpips", "is",
+                   "memorisation")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -99,7 +100,15 @@ def evaluate(
         except MetricSkipped as exc:
             skipped[name] = str(exc)
         timings[name] = round(time.perf_counter() - t0, 3)
+    if not results:
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise ValueError(f"no metric could be computed ({reasons})")
     timings.update({k: round(v, 3) for k, v in ctx.timings.items()})
+    # conversions made while reading files are part of the result, never silent (defect 8 of issue 12)
+    conversion_warnings = [w for role in ("real", "fake", "train", "heldout")
+                           if (role in ("real", "fake") or getattr(ctx, role) is not None)
+                           for w in ctx.source(role).conversion_warnings(role)]
+    advice = _small_n_advice(all_results)
     timings["total"] = round(time.perf_counter() - t_start, 3)
 
     extractor_desc = None
@@ -117,7 +126,8 @@ def evaluate(
         "extractor": extractor_desc,
         "metrics": results,
         "skipped": skipped,
-        "warnings": sorted({w for r in all_results for w in r.warnings}),
+        "warnings": conversion_warnings + sorted({w for r in all_results for w in r.warnings}) + advice,
+        "conversions": conversion_warnings,
         "timings_s": timings,
     })
     if out_dir is not None:
@@ -130,6 +140,15 @@ def evaluate(
             run = Path(run_dir) if run_dir else (Path(fake) if isinstance(fake, (str, Path)) and is_run_or_package(Path(fake)) else None)
             write_report(out / "report.html", summary, ctx, run_dir=run)
     return summary
+
+
+def _small_n_advice(results: list[MetricResult]) -> list[str]:
+    """Where FID and KID were both computed on fewer than a few thousand images: say which one to rank by."""
+    names = {r.name: r for r in results}
+    if "fid" in names and "kid" in names and min(names["fid"].n.values()) < 2000:
+        return [f"FID at n={min(names['fid'].n.values())} is biased by ~1/n and comparable only at equal n; rank models by KID "
+                "(unbiased) below a few thousand images, and read fid_inf for an n-free FID"]
+    return []
 
 
 def _version() -> str:

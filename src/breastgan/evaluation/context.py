@@ -121,9 +121,20 @@ class EvaluationContext:
         return self._features[key]
 
 
+def check_min_n(name: str, ctx: EvaluationContext) -> None:
+    """Skip a metric whose sets are below its declared minimum size, naming the set and where it came from."""
+    for role, minimum in getattr(METRICS.get(name), "min_n", {}).items():
+        if role == "heldout" and ctx.heldout is None:
+            continue  # optional set: the metric falls back to leave-one-out
+        src = ctx.source(role)
+        if src.n < minimum:
+            raise MetricSkipped(f"{name} needs at least {minimum} {role} images; {src.location} ({src.kind}) has {src.n}")
+
+
 def run_metric(name: str, ctx: EvaluationContext, options: dict[str, Any] | None = None) -> list[MetricResult]:
     entry = METRICS.entry(name)
     opts = entry.validate_args(options, where=f"metrics.{name}")
+    check_min_n(name, ctx)
     t0 = time.perf_counter()
     results: list[MetricResult] = entry.obj(ctx, **opts.model_dump())
     dt = time.perf_counter() - t0
@@ -134,11 +145,14 @@ def run_metric(name: str, ctx: EvaluationContext, options: dict[str, Any] | None
     return results
 
 
-def register_metric(name: str, *, args: Any, policy: dict[str, Any], summary: str) -> Callable[[Any], Any]:
-    """``@register_metric(...)``: register in :data:`METRICS` and attach the declared input policy."""
+def register_metric(name: str, *, args: Any, policy: dict[str, Any], summary: str,
+                    min_n: dict[str, int] | None = None) -> Callable[[Any], Any]:
+    """``@register_metric(...)``: register in :data:`METRICS` and attach the declared input policy and the
+    minimum set sizes (by role: real, fake, train, heldout) below which :func:`run_metric` skips it with the reason."""
 
     def deco(fn: Any) -> Any:
         fn.policy = policy
+        fn.min_n = dict(min_n or {"real": 2, "fake": 2})
         return METRICS.register(name, args=args, summary=summary)(fn)
 
     return deco

@@ -8,8 +8,9 @@ min(1000, n_1, n_2) and is always reported, since a subset larger than the sampl
 
 Speed and memory: for n_1, n_2 <= ``full_kernel_max_n`` the three kernel matrices are computed once
 (3 n^2 float64, 96 MB at n = 2,000) and subsets index into them; above that each subset computes its
-own 3 s^2 block. Bootstrap CIs resample items with replacement and evaluate the unbiased estimator
-with multiplicities (pairs of the same item excluded) on the full kernel matrices.
+own 3 s^2 block. The interval is the half-sampling one of :mod:`breastgan.evaluation.bootstrap`
+(both sets halved without replacement, unbiased MMD^2 recomputed on the sub-blocks of the full
+kernel matrices); above ``full_kernel_max_n`` it is the spread of the subset estimates (conservative).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import percentile_ci
+from breastgan.evaluation.bootstrap import Interval, apply_interval, finish_interval, half_sampling_ci, percentile_ci
 from breastgan.evaluation.context import EvaluationContext, MetricResult, register_metric
 
 
@@ -48,6 +49,7 @@ class KIDResult:
     values: np.ndarray = field(repr=False)
     ci: tuple[float, float] | None = None
     ci_method: str = ""
+    interval: Interval | None = None
 
 
 def kernel_inception_distance(features1: torch.Tensor, features2: torch.Tensor, *, subsets: int = 100, subset_size: int = 1000,
@@ -79,30 +81,17 @@ def kernel_inception_distance(features1: torch.Tensor, features2: torch.Tensor, 
     result = KIDResult(float(values.mean()), float(values.std()), s, subsets, values)
     if n_boot > 0:
         if full:
-            result.ci = _bootstrap_full(k11, k12, k22, n_boot, boot_seed)
-            result.ci_method = "bootstrap over images of both sets (unbiased MMD^2 with multiplicities)"
+            iv, _ = half_sampling_ci(lambda i, j: mmd2_unbiased(k11[i][:, i], k12[i][:, j], k22[j][:, j]), [n1, n2], result.mean,
+                                     n_boot, boot_seed)
         else:
-            result.ci = percentile_ci(values)
-            result.ci_method = f"2.5-97.5 percentiles of the {subsets} subset estimates (n above full_kernel_max_n={full_kernel_max_n})"
+            lo, hi = percentile_ci(values)
+            iv = finish_interval(result.mean, lo, hi, "subset-spread", subsets,
+                                 notes=[f"2.5-97.5 percentiles of the {subsets} subset estimates (n above full_kernel_max_n={full_kernel_max_n}); "
+                                        "wider than the interval of their mean"])
+        result.interval = iv
+        result.ci = iv.bounds if iv is not None else None
+        result.ci_method = iv.method if iv is not None else ""
     return result
-
-
-def _weighted_within(k: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    # sum over pairs of distinct items, each item counted with its multiplicity c (a U-statistic on the resample)
-    total = c @ k @ c - (c * c * k.diagonal()).sum()
-    return total / (c.sum() ** 2 - (c * c).sum())
-
-
-def _bootstrap_full(k11: torch.Tensor, k12: torch.Tensor, k22: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(seed)
-    n1, n2 = k11.shape[0], k22.shape[0]
-    reps = np.empty(n_boot)
-    for b in range(n_boot):
-        c1 = torch.bincount(torch.randint(0, n1, (n1,), generator=g), minlength=n1).to(torch.float64)
-        c2 = torch.bincount(torch.randint(0, n2, (n2,), generator=g), minlength=n2).to(torch.float64)
-        cross = c1 @ k12 @ c2 / (n1 * n2)
-        reps[b] = float(_weighted_within(k11, c1) + _weighted_within(k22, c2) - 2.0 * cross)
-    return percentile_ci(reps)
 
 
 # --- registered metric -------------------------------------------------------------------------------------------
@@ -121,7 +110,7 @@ class KIDOptions(BaseModel):
 
 
 @register_metric("kid", args=KIDOptions, summary="Kernel Inception Distance, unbiased MMD^2 with a cubic kernel (lower is better)",
-                 policy={"features": "extractor input policy (see details.extractor)", "kernel": "(x.y / D + 1)^3, float64"})
+                 policy={"features": "extractor input policy (see details.extractor)", "kernel": "(x.y / D + 1)^3, float64"}, min_n={"real": 4, "fake": 4})
 def kid_metric(ctx: EvaluationContext, extractor: Any, subsets: int, subset_size: int, degree: int, gamma: float | None,
                coef0: float, seed: int, full_kernel_max_n: int) -> list[MetricResult]:
     real = ctx.features("real", extractor)
@@ -131,10 +120,12 @@ def kid_metric(ctx: EvaluationContext, extractor: Any, subsets: int, subset_size
     r = kernel_inception_distance(real.features, fake.features, subsets=subsets, subset_size=subset_size, degree=degree,
                                   gamma=gamma, coef0=coef0, seed=seed, n_boot=ctx.n_boot, full_kernel_max_n=full_kernel_max_n,
                                   boot_seed=ctx.seed)
-    details = {"std_over_subsets": r.std, "subset_size": r.subset_size, "subsets": r.subsets, "ci_method": r.ci_method,
-               "extractor": fake.extractor, "kernel": {"degree": degree, "gamma": gamma or f"1/{real.features.shape[1]}", "coef0": coef0}}
+    details = {"std_over_subsets": r.std, "subset_size": r.subset_size, "subsets": r.subsets,
+               "extractor": fake.extractor, "kernel": {"degree": degree, "gamma": gamma or f"1/{real.features.shape[1]}", "coef0": coef0},
+               "note": "KID is unbiased at any n: the recommended metric for ranking models below a few thousand images"}
     warnings = []
     if r.subset_size < subset_size:
         warnings.append(f"KID subset size reduced from {subset_size} to {r.subset_size} (the smaller set has {r.subset_size} images)")
-    return [MetricResult("kid", r.mean, r.ci, {"real": real.n, "fake": fake.n}, True, details,
-                         policy=fake.extractor["input_policy"], warnings=warnings)]
+    res = MetricResult("kid", r.mean, None, {"real": real.n, "fake": fake.n}, True, details,
+                       policy=fake.extractor["input_policy"], warnings=warnings)
+    return [apply_interval(res, r.interval)]

@@ -16,6 +16,14 @@ image (leave-one-out) is used and the output says so. A synthetic image is flagg
 its distance is below the ``quantile`` (default 1%) of the reference distances in the pixel or the
 SSIM space. ``nn_ratio_<space>`` is median(synthetic distance) / median(reference distance): values
 well below 1 mean the generator reproduces training images.
+
+Blank images: an all-black background crop, padding or a collapsed generator's flat grey output is
+near *every* smooth training image, so an absolute distance rule calls it a copy ("smooth" is not
+"copied"). An image is *blank* when its within-image standard deviation is below ``blank_std`` or
+fewer than ``blank_content`` of its pixels differ from the image's median by more than
+``blank_delta`` (a tissue fraction that also works for non-black backgrounds). Blank synthetic
+images are never flagged and blank reference images do not set the threshold; both counts, and the
+rule, are in the result (``details.blank``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import mean_ci, percentile_ci
+from breastgan.evaluation.bootstrap import apply_interval, half_sampling_intervals, mean_interval
 from breastgan.evaluation.context import PIXEL_POLICY, EvaluationContext, MetricResult, register_metric
 from breastgan.evaluation.ssim import ssim
 
@@ -91,6 +99,33 @@ def feature_nearest(query: torch.Tensor, train: torch.Tensor, exclude_self: bool
     return torch.cat(out_d), torch.cat(out_i)
 
 
+class BlankRule(BaseModel):
+    """When an image has too little content to be called a copy of anything (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    blank_std: float = Field(0.02, ge=0, description="within-image standard deviation on [0, 1] below which an image is blank")
+    blank_content: float = Field(0.05, ge=0, le=1, description="minimum share of content pixels (|x - median| > blank_delta)")
+    blank_delta: float = Field(0.05, ge=0, le=1, description="difference from the image median that makes a pixel content")
+
+    def mask(self, images: torch.Tensor) -> torch.Tensor:
+        """(N,) True where an image is blank."""
+        x = images.float().flatten(1)
+        std = x.std(1, unbiased=False)
+        med = x.median(1, keepdim=True).values
+        content = ((x - med).abs() > self.blank_delta).float().mean(1)
+        return (std < self.blank_std) | (content < self.blank_content)
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": f"blank if std < {self.blank_std:g} or fewer than {self.blank_content:.0%} of pixels differ from the image "
+                        f"median by more than {self.blank_delta:g}", **self.model_dump()}
+
+
+def near_copy_thresholds(ref: dict[str, torch.Tensor], ref_blank: torch.Tensor, quantile: float) -> dict[str, float]:
+    """Per space, the ``quantile`` of the reference distances of the non-blank reference images (all, if every one is blank)."""
+    keep = ~ref_blank if bool((~ref_blank).any()) else torch.ones_like(ref_blank)
+    return {name: float(torch.quantile(d[keep].double(), quantile)) for name, d in ref.items()}
+
+
 class MemorisationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     quantile: float = Field(0.01, gt=0, lt=0.5, description="near-copy threshold: this quantile of the reference distances")
@@ -99,12 +134,15 @@ class MemorisationOptions(BaseModel):
     extractor: Any = None
     max_fake: int = Field(5000, ge=1)
     show_pairs: int = Field(12, ge=0, description="nearest pairs kept for the report")
+    blank: BlankRule = Field(default_factory=BlankRule)
 
 
 @register_metric("memorisation", args=MemorisationOptions, summary="nearest training image per synthetic image vs held-out real images",
-                 policy={**PIXEL_POLICY, "flips": "none, h, v, hv of the synthetic image", "features": "extractor input policy"})
+                 policy={**PIXEL_POLICY, "flips": "none, h, v, hv of the synthetic image", "features": "extractor input policy"},
+                 min_n={"train": 2, "fake": 2, "heldout": 4})
 def memorisation_metric(ctx: EvaluationContext, quantile: float, ssim_candidates: int, feature_space: bool, extractor: Any,
-                        max_fake: int, show_pairs: int) -> list[MetricResult]:
+                        max_fake: int, show_pairs: int, blank: dict[str, Any]) -> list[MetricResult]:
+    rule = BlankRule.model_validate(blank)
     train = ctx.pixels("train")
     fake = ctx.pixels("fake")[:max_fake]
     if train.shape[1:] != fake.shape[1:]:
@@ -132,28 +170,42 @@ def memorisation_metric(ctx: EvaluationContext, quantile: float, ssim_candidates
         spaces["feature"] = {"fake": d_fake, "ref": d_ref, "idx": i_fake, "flip": torch.zeros_like(i_fake)}
         feat_info = {"extractor": f_fake.extractor, "feature_flips": False}
 
+    fake_blank = rule.mask(fake)
+    ref_blank = rule.mask(ref_imgs)
+    thresholds = near_copy_thresholds({name: spaces[name]["ref"] for name in ("pixel", "ssim")}, ref_blank, quantile)
     flagged = torch.zeros(fake.shape[0], dtype=torch.bool)
-    thresholds = {}
-    for name in ("pixel", "ssim"):
-        thr = float(torch.quantile(spaces[name]["ref"].double(), quantile))
-        thresholds[name] = thr
+    for name, thr in thresholds.items():
         flagged |= spaces[name]["fake"] < thr
+    flagged &= ~fake_blank  # a blank image is near every smooth image: never a copy by this rule
+    blank_info = {**rule.describe(), "synthetic_excluded": int(fake_blank.sum()), "reference_excluded": int(ref_blank.sum())}
 
     n = {"train": train.shape[0], "fake": fake.shape[0], "reference": ref_imgs.shape[0]}
     results = []
-    rng = np.random.default_rng(ctx.seed)
     for name, sp in spaces.items():
         a, b = sp["fake"].double(), sp["ref"].double()
-        ratio = float(a.median() / b.median()) if float(b.median()) > 0 else float("inf")
-        boot = [float(a[rng.integers(0, len(a), len(a))].median() / b[rng.integers(0, len(b), len(b))].median()) for _ in range(ctx.n_boot)]
-        results.append(MetricResult(f"nn_ratio_{name}", ratio, percentile_ci(boot) if ctx.n_boot else None, n, False,
-                                    {"median_fake_to_train": float(a.median()), "median_reference_to_train": float(b.median()),
-                                     "distance": {"pixel": "RMSE over flips", "ssim": "1 - SSIM over flips (pixel shortlist)", "feature": "Euclidean"}[name],
-                                     "reference": reference, **(feat_info if name == "feature" else {})}))
-    results.append(MetricResult("near_copy_fraction", float(flagged.float().mean()), mean_ci(flagged.float(), seed=ctx.seed), n, True,
-                                {"rule": f"pixel or SSIM distance below the {quantile:.0%} quantile of the reference", "thresholds": thresholds,
-                                 "n_flagged": int(flagged.sum()), "reference": reference},
-                                warnings=[f"{int(flagged.sum())} synthetic images look like near-copies of training images"] if bool(flagged.any()) else []))
+
+        def ratio_of(x: torch.Tensor, y: torch.Tensor) -> float:
+            my = float(y.median())
+            return float(x.median()) / my if my > 0 else float("inf")
+
+        ratio = ratio_of(a, b)
+        iv = half_sampling_intervals(lambda i, j: {"r": ratio_of(a[i], b[j])}, [len(a), len(b)], {"r": ratio}, ctx.n_boot, ctx.seed,
+                                     bounds={"r": (0.0, None)})["r"] if ctx.n_boot else None
+        r = MetricResult(f"nn_ratio_{name}", ratio, None, n, False,
+                         {"median_fake_to_train": float(a.median()), "median_reference_to_train": float(b.median()),
+                          "distance": {"pixel": "RMSE over flips", "ssim": "1 - SSIM over flips (pixel shortlist)", "feature": "Euclidean"}[name],
+                          "reference": reference, **(feat_info if name == "feature" else {})})
+        results.append(apply_interval(r, iv))
+    warnings = [f"{int(flagged.sum())} synthetic images look like near-copies of training images"] if bool(flagged.any()) else []
+    if bool(fake_blank.any()):
+        warnings.append(f"{int(fake_blank.sum())} of {fake.shape[0]} synthetic images are blank ({blank_info['rule']}) and were not "
+                        "judged as near-copies")
+    nc = MetricResult("near_copy_fraction", float(flagged.float().mean()), None, n, True,
+                      {"rule": f"pixel or SSIM distance below the {quantile:.0%} quantile of the non-blank reference images' distances; "
+                               "blank synthetic images are not flagged", "thresholds": thresholds,
+                       "n_flagged": int(flagged.sum()), "reference": reference, "blank": blank_info},
+                      warnings=warnings)
+    results.append(apply_interval(nc, mean_interval(flagged.float(), seed=ctx.seed, bounds=(0.0, 1.0))))
 
     order = torch.argsort(spaces["pixel"]["fake"] / max(thresholds["pixel"], 1e-12))[:show_pairs]
     flip_names = list(FLIPS)

@@ -29,6 +29,8 @@ class ImageSource:
     _fingerprint: Callable[[], str]
     info: dict[str, Any] = field(default_factory=dict)
     _fp_cache: str | None = None
+    # what reading changed about the stored pixels (filled as files are read): {"rgb_to_grey": [files], "bit_depths": {8: k, 16: m}}
+    conversions: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -47,7 +49,24 @@ class ImageSource:
         return self._fp_cache
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "location": self.location, "n": self.n, **self.info}
+        d = {"kind": self.kind, "location": self.location, "n": self.n, **self.info}
+        if self.conversions:
+            d["conversions"] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in self.conversions.items()}
+        return d
+
+    def conversion_warnings(self, role: str) -> list[str]:
+        """One line per silent-looking conversion reading made, naming the folder (and up to 3 files)."""
+        out = []
+        rgb = sorted(self.conversions.get("rgb_to_grey", ()))
+        if rgb:
+            shown = ", ".join(rgb[:3]) + (f" and {len(rgb) - 3} more" if len(rgb) > 3 else "")
+            out.append(f"{role} images {self.location}: {len(rgb)} RGB file(s) converted to grey with BT.601 luma weights ({shown})")
+        depths = self.conversions.get("bit_depths", {})
+        if len(depths) > 1:
+            counts = ", ".join(f"{k}-bit: {v}" for k, v in sorted(depths.items()))
+            out.append(f"{role} images {self.location}: mixed bit depths ({counts}), all scaled to [0, 1] by their own maximum "
+                       "(2^bits - 1); an 8-bit and a 16-bit file of one scene differ by quantisation only if both used the full range")
+        return out
 
 
 def _check_images(x: torch.Tensor, where: str) -> torch.Tensor:
@@ -81,12 +100,21 @@ def from_folder(folder: str | Path, n: int | None = None, seed: int = 0) -> Imag
         g = torch.Generator().manual_seed(seed)
         files = [files[int(i)] for i in torch.randperm(len(files), generator=g)[:n].sort().values]
     bit_depths: set[int] = set()
+    rgb_files: set[str] = set()
+    depth_files: dict[int, set[str]] = {}
 
     def read(a: int, b: int) -> torch.Tensor:
         out = []
         for p in files[a:b]:
             img = read_image(p)
             bit_depths.add(img.bit_depth)
+            rel = str(p.relative_to(folder))
+            depth_files.setdefault(img.bit_depth, set()).add(rel)
+            if img.converted_from_rgb:
+                rgb_files.add(rel)
+            src.conversions["bit_depths"] = {k: len(v) for k, v in sorted(depth_files.items())}
+            if rgb_files:
+                src.conversions["rgb_to_grey"] = rgb_files
             out.append(torch.from_numpy(img.pixels)[None])
         shapes = {tuple(t.shape) for t in out}
         if len(shapes) > 1:
@@ -100,7 +128,8 @@ def from_folder(folder: str | Path, n: int | None = None, seed: int = 0) -> Imag
             h.update(hashlib.sha256(p.read_bytes()).digest())
         return h.hexdigest()
 
-    return ImageSource("folder", str(folder), len(files), read, fingerprint, {"bit_depths_seen": bit_depths})
+    src = ImageSource("folder", str(folder), len(files), read, fingerprint, {"bit_depths_seen": bit_depths})
+    return src
 
 
 def from_dataset(dataset: Any, n: int | None = None, seed: int = 0, name: str | None = None) -> ImageSource:

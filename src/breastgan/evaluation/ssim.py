@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import mean_ci
+from breastgan.evaluation.bootstrap import apply_interval, mean_interval
 from breastgan.evaluation.context import PIXEL_POLICY, EvaluationContext, MetricResult, register_metric
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -195,25 +195,43 @@ class PairOptions(BaseModel):
 
 
 def _pair_metric(ctx: EvaluationContext, name: str, fn: Any, protocol: str, n_pairs: int, fake_fake: bool,
-                 lower_is_better: bool, policy_extra: dict[str, Any], **kw: Any) -> list[MetricResult]:
+                 lower_is_better: bool, policy_extra: dict[str, Any], cap: float | None = None, **kw: Any) -> list[MetricResult]:
     real, fake = ctx.pixels("real"), ctx.pixels("fake")
     ri, fi = real_fake_pairs(real, fake, protocol, n_pairs, ctx.seed)
-    values = _batched(fn, real, fake, ri, fi, **kw)
     policy = {**PIXEL_POLICY, **policy_extra}
-    out = [MetricResult(f"{name}_real_fake", float(values.mean()), mean_ci(values, seed=ctx.seed), {"real": real.shape[0], "fake": fake.shape[0], "pairs": len(values)},
-                        lower_is_better, {"protocol": protocol, "std": float(values.std())}, policy)]
+
+    def summarise(values: torch.Tensor, result_name: str, n: dict[str, int], better: bool | None, details: dict[str, Any]) -> MetricResult:
+        warnings = []
+        if cap is not None:
+            # identical pairs have MSE 0 and PSNR +inf: a mean with one +inf is +inf (written as null) while its
+            # bootstrap interval, over finite replicates, looked finite. Count them at the cap instead, and say so.
+            n_inf = int(torch.isinf(values).sum())
+            values = values.clamp(max=cap)
+            details = {**details, "cap_db": cap, "identical_pairs": n_inf}
+            if n_inf:
+                warnings.append(f"{result_name}: {n_inf} of {len(values)} pairs are pixel-identical (MSE 0, PSNR +inf); counted as {cap:g} dB")
+        r = MetricResult(result_name, float(values.mean()), None, n, better, {**details, "std": float(values.std())}, policy, warnings)
+        return apply_interval(r, mean_interval(values, seed=ctx.seed))
+
+    values = _batched(fn, real, fake, ri, fi, **kw)
+    out = [summarise(values, f"{name}_real_fake", {"real": real.shape[0], "fake": fake.shape[0], "pairs": len(values)}, lower_is_better,
+                     {"protocol": protocol})]
     if fake_fake:
         a, b = random_pairs(fake.shape[0], fake.shape[0], n_pairs, ctx.seed + 1, distinct=True)
         ff = _batched(fn, fake, fake, a, b, **kw)
-        out.append(MetricResult(f"{name}_fake_fake", float(ff.mean()), mean_ci(ff, seed=ctx.seed), {"fake": fake.shape[0], "pairs": len(ff)},
-                                None, {"protocol": "random distinct synthetic pairs (diversity)", "std": float(ff.std())}, policy))
+        out.append(summarise(ff, f"{name}_fake_fake", {"fake": fake.shape[0], "pairs": len(ff)}, None,
+                             {"protocol": "random distinct synthetic pairs (diversity)"}))
     return out
 
 
-@register_metric("psnr", args=PairOptions, summary="peak signal-to-noise ratio, MAX = 1 for [0, 1] floats (dB)",
+class PSNROptions(PairOptions):
+    cap_db: float = Field(100.0, gt=0, description="PSNR of pixel-identical pairs (+inf) is counted at this value")
+
+
+@register_metric("psnr", args=PSNROptions, summary="peak signal-to-noise ratio, MAX = 1 for [0, 1] floats (dB)",
                  policy={**PIXEL_POLICY, "max": 1.0})
-def psnr_metric(ctx: EvaluationContext, protocol: str, n_pairs: int, fake_fake: bool) -> list[MetricResult]:
-    return _pair_metric(ctx, "psnr", psnr, protocol, n_pairs, fake_fake, False, {"max": 1.0})
+def psnr_metric(ctx: EvaluationContext, protocol: str, n_pairs: int, fake_fake: bool, cap_db: float) -> list[MetricResult]:
+    return _pair_metric(ctx, "psnr", psnr, protocol, n_pairs, fake_fake, False, {"max": 1.0}, cap=cap_db)
 
 
 class SSIMOptions(PairOptions):

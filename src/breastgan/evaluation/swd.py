@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import percentile_ci, small_n_warning
+from breastgan.evaluation.bootstrap import apply_interval, half_sampling_ci, small_n_warning
 from breastgan.evaluation.context import PIXEL_POLICY, EvaluationContext, MetricResult, register_metric
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
@@ -220,7 +220,7 @@ class SWDOptions(BaseModel):
     repeats: int = Field(4, ge=1)
     min_resolution: int = Field(16, ge=8)
     max_images: int = Field(16384, ge=2, description="descriptor memory: images x levels x 128 x 49 x 4 B")
-    n_boot: int | None = Field(10, ge=0, description="bootstrap replicates over images (each recomputes the SWD)")
+    n_boot: int | None = Field(10, ge=0, description="half-sampling replicates over images of both sets (each recomputes the SWD)")
 
 
 @register_metric("swd", args=SWDOptions, summary="ProGAN multi-scale sliced Wasserstein distance x1e3 (lower is better)",
@@ -230,22 +230,20 @@ def swd_metric(ctx: EvaluationContext, descriptors_per_image: int, descriptor_si
     real, fake = ctx.pixels("real")[:max_images], ctx.pixels("fake")[:max_images]
     kw = dict(per_image=descriptors_per_image, size=descriptor_size, dirs_per_repeat=dirs_per_repeat, repeats=repeats, min_res=min_resolution)
     res = multiscale_swd(real, fake, seed=ctx.seed, **kw)
-    ci = None
     reps = ctx.n_boot if n_boot is None else n_boot
+    iv = None
     if reps:
-        # resample images, reusing their descriptors (the pyramid and sampling are not redone per replicate)
-        rng = np.random.default_rng(ctx.seed)
+        # half-samples of images reuse their descriptors (the pyramid and positions are not redone) and the estimate's
+        # directions (common random numbers: the interval is about the images, not the direction draw)
         m = res["n_images"]
-        # one repeat of directions per replicate (a quarter of the cost): direction noise only widens the interval
-        vals = [float(np.mean(swd_from_descriptors(res["descriptors"], dirs_per_repeat=dirs_per_repeat, repeats=1, seed=ctx.seed + 1 + b,
-                                                    idx_real=torch.from_numpy(rng.integers(0, m, m)), idx_fake=torch.from_numpy(rng.integers(0, m, m)))))
-                for b in range(reps)]
-        ci = percentile_ci(vals)
+        iv, _ = half_sampling_ci(lambda i, j: float(np.mean(swd_from_descriptors(res["descriptors"], dirs_per_repeat=dirs_per_repeat, repeats=repeats,
+                                                                                 seed=ctx.seed, idx_real=i, idx_fake=j))),
+                                 [m, m], res["mean"], reps, ctx.seed, bounds=(0.0, None))
     warn = small_n_warning("swd", res["n_images"])
-    details = {"per_level_x1e3": res["per_level"], "ci_method": f"bootstrap over images of both sets ({reps} replicates, {dirs_per_repeat} directions each)" if reps else "",
-               "descriptors_per_image": descriptors_per_image, "directions": dirs_per_repeat * repeats}
-    return [MetricResult("swd", res["mean"], ci, {"real": real.shape[0], "fake": fake.shape[0], "used": res["n_images"]}, True, details,
-                         warnings=[warn] if warn else [])]
+    details = {"per_level_x1e3": res["per_level"], "descriptors_per_image": descriptors_per_image, "directions": dirs_per_repeat * repeats}
+    r = MetricResult("swd", res["mean"], None, {"real": real.shape[0], "fake": fake.shape[0], "used": res["n_images"]}, True, details,
+                     warnings=[warn] if warn else [])
+    return [apply_interval(r, iv)]
 
 
 class EmbeddingSWDOptions(BaseModel):
@@ -255,11 +253,11 @@ class EmbeddingSWDOptions(BaseModel):
     n_directions: int = Field(128, ge=1)
     extractor: Any = None
     max_points: int = Field(5000, ge=10, description="per set; UMAP time grows with the point count")
-    n_boot: int | None = Field(200, ge=0, description="bootstrap over points of the fixed embedding")
+    n_boot: int | None = Field(100, ge=0, description="half-sampling replicates over points of the fixed embedding")
 
 
 @register_metric("embedding-swd", args=EmbeddingSWDOptions, summary="SWD between real and synthetic features in PCA / UMAP embeddings",
-                 policy={"features": "extractor input policy (see details.extractor)"})
+                 policy={"features": "extractor input policy (see details.extractor)"}, min_n={"real": 4, "fake": 4})
 def embedding_swd_metric(ctx: EvaluationContext, methods: list[str], n_components: int, n_directions: int, extractor: Any,
                          max_points: int, n_boot: int | None) -> list[MetricResult]:
     fr, ff = ctx.features("real", extractor), ctx.features("fake", extractor)
@@ -272,15 +270,15 @@ def embedding_swd_metric(ctx: EvaluationContext, methods: list[str], n_component
         za, zb, info = embed(a, b, method, n_components, ctx.seed)
         ta, tb = torch.from_numpy(za), torch.from_numpy(zb)
         value = embedding_swd(ta, tb, n_directions, ctx.seed)
-        ci = None
+        iv = None
         if reps:
-            rng = np.random.default_rng(ctx.seed)
-            ci = percentile_ci([embedding_swd(ta[rng.integers(0, len(ta), len(ta))], tb[rng.integers(0, len(tb), len(tb))], n_directions, ctx.seed)
-                                for _ in range(reps)])
+            iv, _ = half_sampling_ci(lambda i, j: embedding_swd(ta[i], tb[j], n_directions, ctx.seed), [len(ta), len(tb)], value, reps,
+                                     ctx.seed, bounds=(0.0, None))
         ctx.artefacts.setdefault("embeddings", {})[method] = {"real": za, "fake": zb, "info": info}
         warn = small_n_warning("embedding-swd", min(len(a), len(b)))
-        out.append(MetricResult(f"swd_{method}", value, ci, {"real": len(a), "fake": len(b)}, True,
-                                {**info, "directions": n_directions, "extractor": ff.extractor,
-                                 "ci_method": "bootstrap over points, embedding fixed (refitting per replicate is too slow)" if reps else ""},
-                                ff.extractor["input_policy"], [warn] if warn else []))
+        r = MetricResult(f"swd_{method}", value, None, {"real": len(a), "fake": len(b)}, True,
+                         {**info, "directions": n_directions, "extractor": ff.extractor,
+                          "ci_note": "embedding fixed (refitting UMAP per replicate is too slow)"},
+                         ff.extractor["input_policy"], [warn] if warn else [])
+        out.append(apply_interval(r, iv))
     return out

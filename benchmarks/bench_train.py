@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -92,25 +93,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="alternate modes this many times; the best of each is kept")
+    ap.add_argument("--baseline-src", default=None, metavar="DIR",
+                    help="also time the breastgan trainer of another source tree (e.g. a git worktree of an older commit): "
+                         "before/after numbers from the same run")
     ap.add_argument("--child", nargs=4, metavar=("MODE", "BATCH", "STEPS", "WARMUP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child[0], *map(int, args.child[1:]))
         return
+    modes = ["reference", "breastgan"] + (["baseline"] if args.baseline_src else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, DCGAN-128 (G 64..512 ch, D kernel 6)")
-    print(f"{'batch':>5} {'ref img/s':>10} {'bg img/s':>10} {'speed ratio':>11} {'ref MB':>8} {'bg MB':>8} {'mem ratio':>9}")
+    extra = f" {'base img/s':>10} {'base ratio':>10}" if args.baseline_src else ""
+    print(f"{'batch':>5} {'ref img/s':>10} {'bg img/s':>10} {'speed ratio':>11} {'ref MB':>8} {'bg MB':>8} {'mem ratio':>9}{extra}")
     for batch in args.batches:
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
-            for mode in ("reference", "breastgan"):
-                out = subprocess.run([sys.executable, __file__, "--child", mode, str(batch), str(args.steps), str(args.warmup)],
-                                     capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            for mode in modes:
+                env = dict(os.environ)
+                if mode == "baseline":
+                    env["PYTHONPATH"] = os.path.join(os.path.abspath(args.baseline_src), "src")
+                out = subprocess.run([sys.executable, __file__, "--child", "breastgan" if mode == "baseline" else mode, str(batch),
+                                      str(args.steps), str(args.warmup)], capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
                 rec = json.loads(out)
                 if mode not in best or rec["images_per_s"] > best[mode]["images_per_s"]:
                     best[mode] = rec
         r, b = best["reference"], best["breastgan"]
-        print(f"{batch:>5} {r['images_per_s']:>10.2f} {b['images_per_s']:>10.2f} {b['images_per_s'] / r['images_per_s']:>11.3f} "
-              f"{r['max_rss_mb']:>8.0f} {b['max_rss_mb']:>8.0f} {b['max_rss_mb'] / r['max_rss_mb']:>9.3f}")
+        line = (f"{batch:>5} {r['images_per_s']:>10.2f} {b['images_per_s']:>10.2f} {b['images_per_s'] / r['images_per_s']:>11.3f} "
+                f"{r['max_rss_mb']:>8.0f} {b['max_rss_mb']:>8.0f} {b['max_rss_mb'] / r['max_rss_mb']:>9.3f}")
+        if args.baseline_src:
+            base = best["baseline"]
+            line += f" {base['images_per_s']:>10.2f} {base['images_per_s'] / r['images_per_s']:>10.3f}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+CONFIG = "config.yaml"
+RUN_RECORD = "run.json"
+SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 MODEL_FILE = "model.json"
@@ -110,6 +113,11 @@ def write_model_file(run: str | Path, model: ModelFile) -> None:
     from breastgan.utils.atomic import write_json_atomic
 
     write_json_atomic(Path(run) / MODEL_FILE, model.model_dump(mode="json"))
+
+
+def config_path(run: str | Path) -> Path:
+    """The run's fully resolved configuration (what ``--resume`` and export read)."""
+    return Path(run) / CONFIG
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from breastgan import __version__
 from breastgan.config import ConfigError, RunConfig, load_config
 from breastgan.distributed import DistContext, DistributedError, StopSignal, init_distributed
-from breastgan.run_dir import CheckpointInfo, read_model_file, write_model_file
+from breastgan.run_dir import RUN_RECORD, SNAPSHOTS, SUMMARY, CheckpointInfo, config_path, read_model_file, write_model_file
 from breastgan.training.checkpoint import CheckpointManager, NonFiniteError, read_checkpoint, save_weights
 from breastgan.training.ema import EMA
 from breastgan.training.env import StepEnv, Stream
@@ -302,7 +302,7 @@ class Trainer:
                 self._write_samples(logger)
                 summary = self._summary(stopped_early)
                 summary["stop_signal"] = getattr(self, "stop_signal", None)
-                write_json_atomic(self.run_dir / "summary.json", summary)
+                write_json_atomic(self.run_dir / SUMMARY, summary)
             else:
                 summary = {}
             self.ctx.barrier("end of training")
@@ -318,7 +318,7 @@ class Trainer:
         if self.ctx.is_main and t.snapshot_every_epochs and p.epoch >= t.snapshot_start_epoch and p.epoch % t.snapshot_every_epochs == 0:
             name = next(iter(self.ema)) if self.ema else next(iter(self.env.modules))
             model = self.ema[name].model if self.ema else self.env.modules[name]
-            save_weights(self.run_dir / "snapshots" / f"epoch_{p.epoch:06d}.safetensors", model, {"epoch": str(p.epoch), "step": str(self.step)})
+            save_weights(self.run_dir / SNAPSHOTS / f"epoch_{p.epoch:06d}.safetensors", model, {"epoch": str(p.epoch), "step": str(self.step)})
 
     def _write_records(self, force: bool = False) -> None:
         records = getattr(self.recipe, "records", None)
@@ -544,13 +544,13 @@ def _new_run_dir(cfg: RunConfig) -> Path:
 
 def _write_run_files(trainer: Trainer, cfg: RunConfig, run_dir: Path, resumed: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    write_text_atomic(config_path(run_dir), cfg.to_yaml())
     arch_args = trainer.recipe.arch_args()
     if not (resumed and (run_dir / "generator.json").is_file() and not (run_dir / "model.json").is_file()):
         write_model_file(run_dir, trainer.recipe.model_file(arch_args))
     else:
         read_model_file(run_dir)  # a run made before model.json: its v1 file stays the description
-    record_path = run_dir / "run.json"
+    record_path = run_dir / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"sessions": []}
     streams = {name: {"name": s.dataset.info.name, "size": len(s.dataset), "fingerprint": s.dataset.fingerprint(),
                       "class_names": list(s.dataset.info.class_names)} for name, s in trainer.env.streams.items()}
@@ -589,7 +589,7 @@ def train(
     lock: RunDirLock | None = None
     if resume is not None:
         run_path = Path(resume)
-        saved = run_path / "config.yaml"
+        saved = config_path(run_path)
         if not saved.is_file():
             raise FileNotFoundError(f"{run_path}: not a breastgan run (no config.yaml)")
         bad = [o.split("=", 1)[0] for o in overrides or [] if o.split("=", 1)[0].strip() not in RESUMABLE_OVERRIDES]

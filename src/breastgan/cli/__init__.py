@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "breastgan.cli.verify",
     "breastgan.cli.hub",
     "breastgan.cli.audit",
+    "breastgan.cli.sweep",
     "breastgan.cli.translate",
 ]
 

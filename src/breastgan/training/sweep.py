@@ -52,16 +52,16 @@ from breastgan.utils.atomic import write_json_atomic, write_text_atomic
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
-# Columns of the seed's Tables 1-2 and their result keys in metrics.json (first found wins)
+# Columns of the seed's Tables 1-2 and the evaluation suite's result names (metrics.json) they come from
 TABLE_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("KID", ("kid",)),
     ("FID", ("fid",)),
-    ("LPIPS real-fake", ("lpips/real_fake", "lpips_real_fake", "lpips")),
-    ("LPIPS fake-fake", ("lpips/fake_fake", "lpips_fake_fake")),
-    ("MS-SSIM real-fake", ("ms-ssim/real_fake", "ms-ssim_real_fake", "ms-ssim")),
-    ("MS-SSIM fake-fake", ("ms-ssim/fake_fake", "ms-ssim_fake_fake")),
-    ("PCA-SWD", ("embedding-swd/pca", "embedding-swd_pca", "pca-swd")),
-    ("UMAP-SWD", ("embedding-swd/umap", "embedding-swd_umap", "umap-swd")),
+    ("LPIPS real-fake", ("lpips_real_fake",)),
+    ("LPIPS fake-fake", ("lpips_fake_fake",)),
+    ("MS-SSIM real-fake", ("ms_ssim_real_fake",)),
+    ("MS-SSIM fake-fake", ("ms_ssim_fake_fake",)),
+    ("PCA-SWD", ("swd_pca",)),
+    ("UMAP-SWD", ("swd_umap",)),
 ]
 
 
@@ -96,7 +96,7 @@ class SweepConfig(BaseModel):
 
     @model_validator(mode="after")
     def _axes(self) -> "SweepConfig":
-        variables = {k for k in self.axes if "." not in k}
+        variables = {k for k, v in self.axes.items() if "." not in k and not isinstance(v, dict)}
         used: set[str] = set()
         for name, values in self.axes.items():
             if isinstance(values, dict):

@@ -292,3 +292,27 @@ def build_backbone(spec: dict[str, Any] | str, where: str = "backbone") -> Froze
 
 
 __all__ = ["BACKBONES", "FrozenBackbone", "build_backbone", "load_state_dict_file", "efficientnet_lite0_wheel_file"]
+
+
+class _StudyCNNEmbedding(nn.Module):
+    """The penultimate (128-d, after FC1 + BN + ReLU) activations of utility's StudyCNN: a BUSI-domain feature space."""
+
+    def __init__(self, cnn: nn.Module):
+        super().__init__()
+        self.features, self.fc1, self.bn1 = cnn.features, cnn.fc1, cnn.bn1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - 0.5) / 0.5  # StudyCNN's own fixed input map of [0, 1]
+        return torch.relu(self.bn1(self.fc1(self.features(x).flatten(1))))
+
+
+def export_classifier_features(cnn: nn.Module, path: str | Path) -> Path:
+    """Save a trained ``breastgan utility`` CNN's embedding as TorchScript, for ``backbone: {name: torchscript}`` and
+    ``evaluate --extractor {name: torchscript}`` (a feature space no ImageNet discriminator used)."""
+    from breastgan.utils.atomic import atomic_path
+
+    emb = _StudyCNNEmbedding(cnn).eval()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.jit.script(emb).save(str(tmp))
+    return path

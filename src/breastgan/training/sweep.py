@@ -80,6 +80,15 @@ class SweepEval(BaseModel):
     seed: int = 0
 
 
+class ExtraRun(BaseModel):
+    """A run outside the grid, evaluated and tabulated with it (e.g. another recipe at the same budget)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    base: str | None = Field(None, description="its own run configuration (default: the sweep's base)")
+    set: list[str] = Field(default_factory=list, description="its overrides (the sweep's common ones are NOT applied: they may not fit another recipe)")
+
+
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -90,6 +99,7 @@ class SweepConfig(BaseModel):
     output: str | None = Field(None, description="default runs/sweeps/<name>")
     workers: int | Literal["auto"] = "auto"
     threads_per_worker: int = Field(1, ge=1, le=256)
+    extra_runs: list[ExtraRun] = Field(default_factory=list, description="runs beside the grid (each x seeds), same evaluation and table")
     evaluate: SweepEval = Field(default_factory=SweepEval)
     curves: list[str] = Field(default_factory=lambda: ["kid/kid", "fid/fid"], description="metrics.jsonl keys plotted over epochs (train.eval results)")
     title: str | None = None
@@ -126,6 +136,7 @@ class RunSpec:
     id: str
     labels: dict[str, Any]  # axis -> label/value, plus seed
     overrides: list[str]
+    base: str | None = None  # None: the sweep's base config
 
 
 @dataclass
@@ -222,6 +233,10 @@ def expand(cfg: SweepConfig) -> list[RunSpec]:
             labels = {**values, "seed": seed}
             rid = "_".join(f"{_slug(k)}-{_slug(v)}" for k, v in labels.items())
             runs.append(RunSpec(rid, labels, [*overrides, f"train.seed={seed}"]))
+    for extra in cfg.extra_runs:
+        for seed in cfg.seeds:
+            labels = {**{n: None for n in names}, "seed": seed}
+            runs.append(RunSpec(f"{extra.name}_seed-{seed}", labels, [*extra.set, f"train.seed={seed}"], extra.base))
     ids = [r.id for r in runs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -301,8 +316,9 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
     base = resolve_base(cfg, here)
     base_cfg = load_config(base, list(cfg.set))  # fail on a bad base or common override before any run starts
     runs = expand(cfg)
+    bases = {r.id: (base if r.base is None else resolve_base(cfg.model_copy(update={"base": r.base}), here)) for r in runs}
     for r in runs:  # and on a bad axis value: validate every run's configuration now
-        load_config(base, r.overrides)
+        load_config(bases[r.id], r.overrides)
     out = Path(cfg.output or f"runs/sweeps/{cfg.name}")
     for sub in ("runs", "results", "eval", "logs", "jobs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -335,7 +351,7 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
         while queue or running:
             while queue and len(running) < n_workers and not stop["signal"]:
                 i, r = queue.pop(0)
-                job = {"id": r.id, "labels": r.labels, "base": str(base), "overrides": r.overrides, "threads": cfg.threads_per_worker,
+                job = {"id": r.id, "labels": r.labels, "base": str(bases[r.id]), "overrides": r.overrides, "threads": cfg.threads_per_worker,
                        "run_dir": str(out / "runs" / r.id), "result": str(out / "results" / f"{r.id}.json"),
                        "eval_dir": str(out / "eval" / r.id), "evaluate": cfg.evaluate.model_dump(mode="json"), "real": real}
                 job_path = out / "jobs" / f"{r.id}.json"
@@ -399,7 +415,7 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
     extra_cols: list[str] = []
     for r in runs:
         path = out / "results" / f"{r.id}.json"
-        row: dict[str, Any] = {k: r.labels[k] for k in axis_cols}
+        row: dict[str, Any] = {"run": r.id, **{k: r.labels[k] for k in axis_cols}}
         if not path.is_file():
             row["status"] = "unfinished"
             rows.append(row)
@@ -416,7 +432,7 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
                 if col not in extra_cols:
                     extra_cols.append(col)
         rows.append(row)
-    columns = [*axis_cols, "status", "steps", "epochs", "train_s", *[c for c, _ in TABLE_COLUMNS], *extra_cols]
+    columns = ["run", *axis_cols, "status", "steps", "epochs", "train_s", *[c for c, _ in TABLE_COLUMNS], *extra_cols]
     return columns, rows
 
 

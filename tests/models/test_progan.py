@@ -23,6 +23,14 @@ from breastgan.models.progan import (
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: a second thread only adds contention on a shared CPU
+    yield
+    torch.set_num_threads(before)
+
+
 def test_equalised_lr_constants_and_unit_variance_weights():
     conv = EqualizedConv2d(512, 512, 3)
     assert conv.scale == pytest.approx(0.0208, abs=5e-5)  # sqrt(2) / sqrt(3 * 3 * 512)

@@ -52,6 +52,7 @@ _KNOWN = (  # exception types that describe the user's input (their message name
     ("breastgan.run_dir", "RunDirError"), ("breastgan.sharing.manifest", "PackageError"), ("breastgan.data.io", "ImageReadError"),
     ("breastgan.data.prepare", "PrepareError"), ("breastgan.training.run_lock", "RunLockedError"),
     ("breastgan.training.checkpoint", "NonFiniteError"), ("breastgan.training.ema", "EMAMismatchError"),
+    ("yaml", "YAMLError"),  # a config file that is not YAML (its message has the line and column)
 )
 
 
@@ -80,9 +81,7 @@ def _os_message(exc: OSError) -> str:
 
 def report(exc: BaseException, exit_code: int = 2) -> int:
     """Print ``exc`` as one error line; returns the exit code (``exit_code`` for errors in the user's input, 1 otherwise)."""
-    import click
-
-    if isinstance(exc, click.UsageError):  # typer.BadParameter raised inside a command body
+    if any(c.__name__ == "UsageError" for c in type(exc).__mro__):  # typer.BadParameter raised inside a command body (typer vendors click)
         hint = f"{exc.param_hint}: " if isinstance(getattr(exc, "param_hint", None), str) else ""
         print_error(f"{hint}{exc.format_message()}")
         return 2
@@ -96,6 +95,19 @@ def report(exc: BaseException, exit_code: int = 2) -> int:
     return 1
 
 
+def _deliberate_exits() -> tuple[type[BaseException], ...]:
+    import typer
+
+    out: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    try:  # typer vendors its own click; a command may still raise the installed click's Exit
+        import click
+
+        out += [click.exceptions.Exit, click.exceptions.Abort]
+    except ImportError:
+        pass
+    return tuple(out)
+
+
 def friendly_errors(fn=None, *, exit_code: int = 2):
     """Wrap a command: known errors -> one ``error:`` line and ``exit_code``, unexpected ones -> exit 1; --debug re-raises.
 
@@ -106,11 +118,9 @@ def friendly_errors(fn=None, *, exit_code: int = 2):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import click
-
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort):
+        except _deliberate_exits():
             raise  # typer.Exit(code) is how commands end on purpose
         except Exception as exc:
             if debug_enabled():

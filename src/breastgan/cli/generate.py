@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give exactly one of --run or --package")
         snaps = None if snapshots is None else ("all" if snapshots == "all" else [_int(s, "--snapshots") for s in snapshots.split(",")])
         ckpt = checkpoint if checkpoint in ("latest", "best") else _int(checkpoint, "--checkpoint")
-        _prepare_out(out, overwrite, device)  # before loading: a refused folder costs nothing
+        from breastgan.generation.writer import prepare_output
+
+        prepare_output(out, overwrite=overwrite, check_only=True)  # a refused folder costs no model load
         if package is not None:
             if ckpt != "latest" or raw or snaps is not None:
                 raise typer.BadParameter("a generator package holds one set of weights (the exported EMA weights); "
@@ -66,6 +68,7 @@ def register(app: typer.Typer) -> None:
             gen = gen.bind(from_folder(input_dir).load(), direction)
         elif input_dir is not None or direction is not None:
             raise typer.BadParameter(f"--input/--direction are for translation models; {run or package} is a {gen.kind} model")
+        _prepare_out(out, overwrite, device)  # the model loaded: now old images may go
         lab = None if label is None else (int(label) if label.isdigit() else label)
         count = n if n is not None else (gen.capacity if gen.capacity is not None else 1000)
         count = generate_distributed(gen, out, n=count, seed=seed, labels=lab, fmt=fmt, bit_depth=bit_depth, batch_size=batch_size)

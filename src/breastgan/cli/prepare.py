@@ -29,6 +29,13 @@ def register(app: typer.Typer) -> None:
             f"{'preflight' if check else 'prepared'} {s['inputs']} input file(s): {s['ok']} ok, {s['warnings']} with warnings, "
             f"{s['excluded']} excluded -> {s['output']}"
         )
+        nd = s["near_duplicates"]
+        if nd.get("enabled"):
+            rules = "; ".join(f"{k}: {v}" for k, v in nd.get("rules", {}).items())
+            err_console.print(f"near-duplicate groups: {nd['groups']} ({nd.get('images_in_groups', 0)} images; pairs linked "
+                              f"{nd.get('pairs_linked', {})}; rules {rules})")
+        err_console.print(f"patient ids: {s['identifiers']['mode']}" + (f" (key {s['identifiers']['key_fingerprint']})"
+                                                                         if "key_fingerprint" in s["identifiers"] else ""))
         for ex in s["excluded_files"][:20]:
             err_console.print(f"  excluded {ex['file']}: {ex['reason']}")
         typer.echo(json.dumps({k: s[k] for k in ("items", "counts_by_label", "counts_by_split", "patients_by_split", "excluded")}, indent=2))

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from breastgan.config import apply_overrides, expand_env
 from breastgan.data.adapters import ADAPTERS
+from breastgan.data.adapters.identifiers import IdentifierPolicy
 from breastgan.data.adapters.readers import load_image, read_mask
 from breastgan.data.adapters.records import Annotation, ImageRecord
 from breastgan.data.io import ImageReadError, write_image
@@ -48,7 +49,7 @@ from breastgan.data.patches import (
     scaled_margin,
 )
 from breastgan.data.preprocess import Box, clahe, flip_box, flip_x, mask_bbox, needs_flip, random_breast_crops, resize_pad, segment_breast
-from breastgan.data.splits import SplitItem, assign_shards, assign_splits, near_duplicate_groups, reduced_training_subset
+from breastgan.data.splits import SplitItem, hamming_pairs, assign_shards, assign_splits, near_duplicate_links, reduced_training_subset
 from breastgan.registry import Registry
 from breastgan.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 
@@ -126,8 +127,15 @@ class TaskSpec(_Strict):
 
 class NearDuplicateConfig(_Strict):
     enabled: bool | None = None  # None: as the adapter asks (BUSI yes, others no)
-    max_hamming: int = 4
-    min_correlation: float = 0.97
+    max_hamming: int = Field(4, ge=0, le=64)
+    min_correlation: float = Field(0.97, ge=-1, le=1)
+    # second check: perceptual hashes within loose_hamming bits (0: off), confirmed by thumbnail
+    # correlation >= loose_correlation or difference hashes within max_dhash bits (BUSI pairs at phash
+    # distance 6 and 8 straddled splits with the first two rules alone; docs/data-preparation.md)
+    loose_hamming: int = Field(12, ge=0, le=64)
+    loose_correlation: float = Field(0.90, ge=-1, le=1)
+    max_dhash: int = Field(10, ge=0, le=64)
+    report_hamming: int = Field(12, ge=0, le=64, description="the summary counts pairs this close in perceptual hash and how many straddle splits")
 
 
 class ShardConfig(_Strict):
@@ -151,6 +159,7 @@ class PrepareConfig(_Strict):
     reader: dict[str, dict[str, Any]] = Field(default_factory=dict)
     presentation_intent: Literal["FOR PRESENTATION", "FOR PROCESSING"] | None = None
     near_duplicates: NearDuplicateConfig = NearDuplicateConfig()
+    identifiers: IdentifierPolicy = IdentifierPolicy()  # patient_id in the manifest: keyed hash unless mode: clear
     splits: SplitConfig = SplitConfig()
     seed: int = 0
     limit: int | None = None  # only the first N records (sorted by id): quick runs and tests
@@ -226,6 +235,7 @@ class PreflightResult:
     meta: dict[str, Any] = field(default_factory=dict)
     lesion_sides: list[int] = field(default_factory=list)
     phash: int | None = None
+    dhash: int | None = None
     thumbnail: np.ndarray | None = None
 
     def finish(self) -> "PreflightResult":
@@ -275,14 +285,15 @@ def lesion_box(ann: Annotation, image_hw: tuple[int, int], mask: np.ndarray | No
     return box
 
 
-def _image_hash(pixels: np.ndarray) -> tuple[int, np.ndarray]:
+def _image_hash(pixels: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """Perceptual hash, difference hash (the second, independent hash) and a 32x32 thumbnail."""
     import cv2
     import imagehash
     from PIL import Image
 
-    h = imagehash.phash(Image.fromarray(np.round(pixels * 255).astype(np.uint8)))
+    im = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
     thumb = cv2.resize(pixels, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-    return int(str(h), 16), thumb
+    return int(str(imagehash.phash(im)), 16), int(str(imagehash.dhash(im)), 16), thumb
 
 
 def preflight_record(record: ImageRecord, cfg: PrepareConfig, want_hash: bool) -> PreflightResult:
@@ -320,7 +331,7 @@ def preflight_record(record: ImageRecord, cfg: PrepareConfig, want_hash: bool) -
     if record.is_lesion_image and not record.annotations:
         res.notes.append(f"{record.image_id}: {record.label} image without lesion annotation")
     if want_hash and not res.problems:
-        res.phash, res.thumbnail = _image_hash(img.pixels)
+        res.phash, res.dhash, res.thumbnail = _image_hash(img.pixels)
     return res.finish()
 
 
@@ -351,7 +362,7 @@ def _write(out_dir: Path, item_id: str, pixels: np.ndarray, fmt: str) -> str:
 def _base_row(record: ImageRecord, pre: PreflightResult) -> dict[str, Any]:
     return {
         "image_id": record.image_id,
-        "patient_id": record.patient_id,
+        "patient_id": record.patient_id,  # still the dataset's id here; pseudonymised before the manifest is written
         "image_label": record.label,
         "findings": ";".join(record.findings),
         "view": record.view or pre.meta.get("view") or "",
@@ -541,6 +552,8 @@ class PreparedSummary:
     images_by_label: dict[str, int]
     patients_by_split: dict[str, int]
     near_duplicate_groups: int
+    near_duplicates: dict[str, Any]  # rules and thresholds used, images in groups, pairs linked per rule, pairs across splits
+    identifiers: dict[str, str]  # the identifier policy (mode, key fingerprint; never the key)
     dataset_warnings: list[str]
     workers: int
     seconds: dict[str, float]
@@ -701,12 +714,35 @@ def _prepare_with(
 
     ok_records = [r for r in unique if pre_by_id[r.image_id].status != "error"]
     groups: dict[str, str] = {}
+    nd = cfg.near_duplicates
+    nd_report: dict[str, Any] = {"enabled": bool(want_hash)}
+    if want_hash:
+        nd_report["rules"] = {"phash": f"perceptual hash distance <= {nd.max_hamming} bits",
+                              "correlation": f"32x32 thumbnail correlation >= {nd.min_correlation}",
+                              "second_check": (f"perceptual hash distance <= {nd.loose_hamming} bits and (thumbnail correlation >= "
+                                               f"{nd.loose_correlation} or difference hash distance <= {nd.max_dhash} bits)"
+                                               if nd.loose_hamming > nd.max_hamming else "off")}
     if want_hash and ok_records:
         ids = [r.image_id for r in ok_records]
         hashes = np.array([pre_by_id[i].phash for i in ids], dtype=np.uint64)
+        dhashes = np.array([pre_by_id[i].dhash for i in ids], dtype=np.uint64)
         thumbs = np.stack([pre_by_id[i].thumbnail for i in ids])
-        nd = cfg.near_duplicates
-        groups = near_duplicate_groups(ids, hashes, thumbs, nd.max_hamming, nd.min_correlation)
+        links = near_duplicate_links(ids, hashes, thumbs, nd.max_hamming, nd.min_correlation, dhashes=dhashes,
+                                     loose_hamming=nd.loose_hamming, loose_correlation=nd.loose_correlation, max_dhash=nd.max_dhash)
+        groups = links.groups(ids)
+        nd_report.update(pairs_linked=links.counts(), images_in_groups=len(groups))
+        # what the splits would do with pairs close in hash but not linked (the cases to inspect); 0 across splits for linked ones
+        splits_now = assign_splits([SplitItem(r.image_id, r.patient_id, r.label, groups.get(r.image_id)) for r in ok_records],
+                                   cfg.splits.fractions, cfg.seed)
+        ii, jj, _ = hamming_pairs(hashes, nd.report_hamming)
+        close = [(ids[i], ids[j]) for i, j in zip(ii, jj)]
+        across = [(a, b) for a, b in close if splits_now[a] != splits_now[b]]
+        nd_report["close_pairs"] = {"within_bits": nd.report_hamming, "pairs": len(close),
+                                    "in_one_group": sum(bool(groups.get(a)) and groups.get(a) == groups.get(b) for a, b in close),
+                                    "across_splits": len(across), "across_splits_examples": [list(p) for p in across[:10]]}
+    nd_report["groups"] = len(set(groups.values()))
+    pseudonym = cfg.identifiers.pseudonymiser()
+    id_report = cfg.identifiers.describe()
 
     def summary(items: list[dict[str, Any]], skipped: list[str]) -> PreparedSummary:
         by_split: dict[str, Counter] = defaultdict(Counter)
@@ -733,6 +769,8 @@ def _prepare_with(
             images_by_label=dict(Counter(r.label for r in ok_records)),
             patients_by_split={k: len(v) for k, v in sorted(patients.items())},
             near_duplicate_groups=len(set(groups.values())),
+            near_duplicates=nd_report,
+            identifiers=id_report,
             dataset_warnings=dataset_warnings,
             workers=cfg.workers,
             seconds={k: round(v, 3) for k, v in times.items()},
@@ -756,6 +794,8 @@ def _prepare_with(
             for p in r.problems:
                 excluded.append({"file": pre_by_id[r.image_id].file, "reason": p})
         _assign_splits(items, ok_records, groups, cfg)
+        for it in items:  # the one place patient ids leave: every adapter's ids go through the policy
+            it["patient_id"] = pseudonym(it["patient_id"])
         columns = MANIFEST_FIRST + sorted({k for it in items for k in it} - set(MANIFEST_FIRST))
         write_text_atomic(out / "manifest.csv", _csv_text(items, columns))
         s = summary(items, skipped)

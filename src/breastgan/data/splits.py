@@ -147,37 +147,115 @@ def assign_shards(values: Mapping[str, object], n_shards: int, reference_ids: It
     return {k: index[str(v)] for k, v in values.items()}
 
 
+def hamming_pairs(h: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of 64-bit hashes differing in at most ``limit`` bits, and their distances."""
+    n = len(h)
+    ii, jj, dd = [], [], []
+    for i in range(n - 1):
+        x = np.bitwise_xor(h[i + 1 :], h[i])
+        dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        hit = np.flatnonzero(dist <= limit)
+        ii.append(np.full(hit.size, i))
+        jj.append(i + 1 + hit)
+        dd.append(dist[hit])
+    if not ii:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
+    return np.concatenate(ii).astype(int), np.concatenate(jj).astype(int), np.concatenate(dd).astype(int)
+
+
+def _correlations(thumbnails: np.ndarray) -> np.ndarray:
+    t = np.asarray(thumbnails, dtype=np.float64).reshape(len(thumbnails), -1)
+    t = t - t.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(t, axis=1, keepdims=True)
+    t = t / np.where(norms > 0, norms, 1.0)
+    return t @ t.T
+
+
+@dataclass(frozen=True)
+class NearDuplicateLinks:
+    """Which image pairs are linked, by which rule (a pair counts once, under the first rule that links it)."""
+
+    pairs: dict[str, list[tuple[str, str]]]
+
+    def counts(self) -> dict[str, int]:
+        return {rule: len(p) for rule, p in self.pairs.items()}
+
+    def groups(self, ids: Sequence[str]) -> dict[str, str]:
+        uf = _UnionFind()
+        for p in self.pairs.values():
+            for a, b in p:
+                uf.union(a, b)
+        roots = {i: uf.find(i) for i in ids}
+        sizes = Counter(roots.values())
+        return {i: r for i, r in roots.items() if sizes[r] > 1}
+
+
+def near_duplicate_links(
+    ids: Sequence[str],
+    hashes: np.ndarray | None = None,
+    thumbnails: np.ndarray | None = None,
+    max_hamming: int = 4,
+    min_correlation: float = 0.97,
+    dhashes: np.ndarray | None = None,
+    loose_hamming: int = 0,
+    loose_correlation: float = 0.90,
+    max_dhash: int = 10,
+) -> NearDuplicateLinks:
+    """Pairs linked by each rule.
+
+    - ``phash``: 64-bit perceptual hashes differ in at most ``max_hamming`` bits;
+    - ``correlation``: 32x32 thumbnails correlate at ``min_correlation`` or more (crops the hash misses);
+    - ``second_check``: perceptual hashes within the looser ``loose_hamming`` bits (0: rule off), confirmed
+      by a second, independent similarity: thumbnail correlation >= ``loose_correlation`` or difference
+      hashes (``dhashes``) within ``max_dhash`` bits. One hash alone at a loose threshold would also link
+      unrelated images; two independent measures agreeing do not (docs/data-preparation.md has the
+      BUSI pairs each rule links).
+    """
+    n = len(ids)
+    linked: set[tuple[int, int]] = set()
+    out: dict[str, list[tuple[str, str]]] = {"phash": [], "correlation": [], "second_check": []}
+
+    def add(rule: str, i: int, j: int) -> None:
+        key = (min(i, j), max(i, j))
+        if key not in linked:
+            linked.add(key)
+            out[rule].append((ids[key[0]], ids[key[1]]))
+
+    h = np.asarray(hashes, dtype=np.uint64) if hashes is not None and n else None
+    corr = _correlations(thumbnails) if thumbnails is not None and n else None
+    if h is not None:
+        ii, jj, dd = hamming_pairs(h, max(max_hamming, loose_hamming))
+        for i, j, d in zip(ii, jj, dd):
+            if d <= max_hamming:
+                add("phash", int(i), int(j))
+    if corr is not None:
+        ci, cj = np.nonzero(np.triu(corr >= min_correlation, k=1))
+        for i, j in zip(ci, cj):
+            add("correlation", int(i), int(j))
+    if h is not None and loose_hamming > max_hamming:
+        dh = np.asarray(dhashes, dtype=np.uint64) if dhashes is not None else None
+        for i, j, d in zip(ii, jj, dd):
+            i, j = int(i), int(j)
+            if d <= max_hamming:
+                continue
+            by_corr = corr is not None and corr[i, j] >= loose_correlation
+            by_dhash = dh is not None and bin(int(dh[i] ^ dh[j])).count("1") <= max_dhash
+            if by_corr or by_dhash:
+                add("second_check", i, j)
+    return NearDuplicateLinks(out)
+
+
 def near_duplicate_groups(
     ids: Sequence[str],
     hashes: np.ndarray | None = None,
     thumbnails: np.ndarray | None = None,
     max_hamming: int = 4,
     min_correlation: float = 0.97,
+    **second_check,
 ) -> dict[str, str]:
-    """id -> group id for images with at least one near-duplicate.
+    """id -> group id for images with at least one near-duplicate (rules: :func:`near_duplicate_links`).
 
-    Two images are linked when their 64-bit perceptual hashes differ in at most ``max_hamming``
-    bits, or when their small grey thumbnails correlate at ``min_correlation`` or more (which catches
-    crops the hash misses). Links are transitive; the group id is its smallest member id.
+    Links are transitive; the group id is its smallest member id. ``second_check``: ``dhashes``,
+    ``loose_hamming``, ``loose_correlation``, ``max_dhash`` (off unless ``loose_hamming`` is set).
     """
-    n = len(ids)
-    uf = _UnionFind()
-    if hashes is not None and n:
-        h = np.asarray(hashes, dtype=np.uint64)
-        for i in range(n - 1):
-            x = np.bitwise_xor(h[i + 1 :], h[i])
-            dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-            for j in np.flatnonzero(dist <= max_hamming):
-                uf.union(ids[i], ids[i + 1 + int(j)])
-    if thumbnails is not None and n:
-        t = np.asarray(thumbnails, dtype=np.float64).reshape(n, -1)
-        t = t - t.mean(axis=1, keepdims=True)
-        norms = np.linalg.norm(t, axis=1, keepdims=True)
-        t = t / np.where(norms > 0, norms, 1.0)
-        corr = t @ t.T
-        ii, jj = np.nonzero(np.triu(corr >= min_correlation, k=1))
-        for i, j in zip(ii, jj):
-            uf.union(ids[int(i)], ids[int(j)])
-    roots = {i: uf.find(i) for i in ids}
-    sizes = Counter(roots.values())
-    return {i: r for i, r in roots.items() if sizes[r] > 1}
+    return near_duplicate_links(ids, hashes, thumbnails, max_hamming, min_correlation, **second_check).groups(ids)

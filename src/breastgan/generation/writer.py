@@ -50,17 +50,21 @@ def _listed_by_manifest(out: Path) -> set[str]:
     return {f["file"] for f in files if isinstance(f, dict) and isinstance(f.get("file"), str) and "/" not in f["file"]}
 
 
-def prepare_output(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+def prepare_output(out_dir: str | Path, *, overwrite: bool = False, check_only: bool = False) -> Path:
     """Make ``out_dir`` ready for a new image set: created if missing, refused if not empty (unless ``overwrite``).
 
     With ``overwrite`` the files an earlier generate wrote are removed first, so the folder then holds
     exactly what the new manifest lists; any other entry (a sub-folder, a file generate never writes)
-    is refused and nothing is removed.
+    is refused and nothing is removed. ``check_only``: raise if the folder would be refused, change
+    nothing (so a command can refuse before loading a model, and remove old images only after it loaded).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out}: exists and is not a folder; give a folder for the images")
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        if not check_only:
+            out.mkdir(parents=True, exist_ok=True)
+        return out
     entries = sorted(os.scandir(out), key=lambda e: e.name)
     if not entries:
         return out
@@ -75,6 +79,8 @@ def prepare_output(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     if foreign:
         raise OutputFolderError(f"{out}: --overwrite only replaces what an earlier generate wrote; this folder also holds "
                                 f"{foreign[:5]}{' ...' if len(foreign) > 5 else ''}, which it did not write. Nothing was removed")
+    if check_only:
+        return out
     # the manifest first: an interrupted clean-up leaves a folder without a manifest, never one whose manifest lies
     for name in sorted(names, key=lambda n: n != MANIFEST):
         (out / name).unlink()

@@ -122,9 +122,9 @@ class VGG19Args(BaseModel):
 class VGG19Branch(FrozenBackbone):
     def __init__(self, weights: str | None = None, layer: str = "block2_pool", preprocess: str = "torchvision"):
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
-        full = vgg19(weights=None).features
+        full = make_layers(cfgs["E"], batch_norm=False)  # torchvision's vgg19().features, without building the 120M-parameter classifier
         cut = VGG19_CUTS[layer]
         if weights is not None:
             sd = load_state_dict_file(weights, "backbone vgg19")

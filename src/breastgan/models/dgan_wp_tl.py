@@ -111,11 +111,12 @@ class DGANDiscriminator(nn.Module):
         if len(self.branch.channels) != 1:
             raise ValueError(f"model.discriminator.backbone: DGAN-WP-TL uses one feature level, got {len(self.branch.channels)} "
                              "(set levels: [1] for efficientnet_lite0)")
-        red = self.branch.reductions[0] * branch_pool
-        if image_size % red:
-            raise ValueError(f"model.discriminator: image_size {image_size} is not divisible by the branch's stride x branch_pool = {red}")
         self.branch_pool = nn.AvgPool2d(branch_pool) if branch_pool > 1 else nn.Identity()
-        branch_dim = self.branch.channels[0] * (image_size // red) ** 2
+        with torch.no_grad():  # the flattened size from one probe: exact for any backbone (maps or vectors)
+            probe = self.branch(torch.zeros(1, channels, image_size, image_size))[0]
+            if probe.shape[-1] < branch_pool:
+                raise ValueError(f"model.discriminator.branch_pool: {branch_pool} exceeds the branch's {probe.shape[-1]}-pixel map")
+            branch_dim = self.branch_pool(probe).numel()
         layers: list[nn.Module] = []
         c = 3
         for w in widths:

@@ -121,7 +121,7 @@ class DatasetSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    name: Literal["patches", "images"] = "patches"
+    name: Literal["patches", "images", "full_field"] = "patches"
     args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -133,8 +133,8 @@ class NearDuplicateConfig(_Strict):
     # correlation >= loose_correlation or difference hashes within max_dhash bits (BUSI pairs at phash
     # distance 6 and 8 straddled splits with the first two rules alone; docs/data-preparation.md)
     loose_hamming: int = Field(12, ge=0, le=64)
-    loose_correlation: float = Field(0.90, ge=-1, le=1)
-    max_dhash: int = Field(10, ge=0, le=64)
+    loose_correlation: float = Field(0.85, ge=-1, le=1)
+    max_dhash: int = Field(12, ge=0, le=64)
     report_hamming: int = Field(12, ge=0, le=64, description="the summary counts pairs this close in perceptual hash and how many straddle splits")
 
 
@@ -734,12 +734,14 @@ def _prepare_with(
         # what the splits would do with pairs close in hash but not linked (the cases to inspect); 0 across splits for linked ones
         splits_now = assign_splits([SplitItem(r.image_id, r.patient_id, r.label, groups.get(r.image_id)) for r in ok_records],
                                    cfg.splits.fractions, cfg.seed)
-        ii, jj, _ = hamming_pairs(hashes, nd.report_hamming)
-        close = [(ids[i], ids[j]) for i, j in zip(ii, jj)]
-        across = [(a, b) for a, b in close if splits_now[a] != splits_now[b]]
+        ii, jj, dd = hamming_pairs(hashes, nd.report_hamming)
+        close = [(ids[i], ids[j], int(d)) for i, j, d in zip(ii, jj, dd)]
+        across = [(a, b, d) for a, b, d in close if splits_now[a] != splits_now[b]]
         nd_report["close_pairs"] = {"within_bits": nd.report_hamming, "pairs": len(close),
-                                    "in_one_group": sum(bool(groups.get(a)) and groups.get(a) == groups.get(b) for a, b in close),
-                                    "across_splits": len(across), "across_splits_examples": [list(p) for p in across[:10]]}
+                                    "in_one_group": sum(bool(groups.get(a)) and groups.get(a) == groups.get(b) for a, b, _ in close),
+                                    "across_splits": len(across),
+                                    "across_splits_by_distance": {str(k): v for k, v in sorted(Counter(d for *_, d in across).items())},
+                                    "across_splits_examples": [[a, b, d] for a, b, d in across[:10]]}
     nd_report["groups"] = len(set(groups.values()))
     pseudonym = cfg.identifiers.pseudonymiser()
     id_report = cfg.identifiers.describe()
@@ -824,3 +826,6 @@ def _assign_splits(items: list[dict[str, Any]], records: list[ImageRecord], grou
     else:
         for it in items:
             it["shard"] = 0
+
+
+from breastgan.data import full_field as _full_field  # noqa: E402,F401  (registers the "full_field" task; imports this module)

@@ -189,3 +189,23 @@ def test_paired_folders_must_match_by_name(tmp_path):
     (tmp_path / "pairs.csv").write_text("a,b\nA/000.png,B/000.png\nA/001.png,B/001.png\n")
     ds = PairedDataset(manifest=str(tmp_path / "pairs.csv"))
     assert ds.info.channels == 2 and len(ds) == 2 and torch.allclose(ds.images[1, 0], a[1, 0], atol=1 / 65535)
+
+
+def test_a_cyclegan_run_exports_verifies_and_translates_as_a_package(cyclegan_run, domains, tmp_path):
+    from typer.testing import CliRunner
+
+    from breastgan.cli import _register_all, app
+
+    _register_all()
+    runner = CliRunner()
+    pkg = tmp_path / "pkg"
+    res = runner.invoke(app, ["export", "--run", str(cyclegan_run), "--out", str(pkg), "--force", "--reason", "test: no held-out set"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest["kind"] == "translation" and manifest["inputs"]["image"]["size_multiple"] == 4
+    res = runner.invoke(app, ["verify", str(pkg)])
+    assert res.exit_code == 0 and "VERIFIED" in res.output, res.output
+    _, b_root, _, _ = domains
+    res = runner.invoke(app, ["translate", "--run", str(pkg), "--direction", "b2a", "--input", str(b_root), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "t" / "images").glob("*.png"))) == 64

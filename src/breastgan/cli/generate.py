@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         label: Optional[str] = typer.Option(None, help="Class for conditional generators (name or index); default: drawn uniformly."),
         input_dir: Optional[Path] = typer.Option(None, "--input", help="Translation models: folder of images to translate (grey PNG/TIFF/PGM/.npy, one size)."),
         direction: Optional[str] = typer.Option(None, help="Translation models: a2b or b2a (default: every direction the model has)."),
-        fmt: str = typer.Option("png", "--format", help="png (grey images) or npy (float32, every channel)."),
+        fmt: str = typer.Option("png", "--format", help="png (grey images), npy (float32, every channel) or dicom (Secondary Capture, marked synthetic, with view/laterality tags)."),
         bit_depth: int = typer.Option(16, help="PNG bit depth: 8 or 16."),
         checkpoint: str = typer.Option("latest", help="'latest', 'best' or a step number."),
         snapshots: Optional[str] = typer.Option(None, help="Snapshot ensemble: 'all' or comma-separated epochs (e.g. 500,550)."),

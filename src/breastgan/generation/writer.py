@@ -27,11 +27,11 @@ from breastgan.utils.atomic import atomic_path, write_json_atomic
 if TYPE_CHECKING:
     from breastgan.generation.kinds import LoadedModel
 
-FORMATS = {"png": ".png", "npy": ".npy"}
+FORMATS = {"png": ".png", "npy": ".npy", "dicom": ".dcm"}  # dicom: Secondary Capture (generation/dicom_out.py)
 MANIFEST = "manifest.json"
 # what write_images / atomic_path put into an output folder: images, the manifest, temporaries of both
-_GENERATED = re.compile(r"^(img_\d{8}\.(png|npy)|manifest\.json)$")
-_TEMPORARY = re.compile(r"^\.(img_\d{8}\.(png|npy)|manifest\.json)\..+\.tmp$")
+_GENERATED = re.compile(r"^(img_\d{8}\.(png|npy|dcm)|manifest\.json)$")
+_TEMPORARY = re.compile(r"^\.(img_\d{8}\.(png|npy|dcm)|manifest\.json)\..+\.tmp$")
 
 
 class OutputFolderError(ValueError):
@@ -95,6 +95,10 @@ def check_output(channels: int, fmt: str, bit_depth: int) -> None:
     """Refuse a format/bit depth/channel count combination before anything is written."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if fmt == "dicom":
+        from breastgan.generation.dicom_out import check_dicom
+
+        check_dicom(channels, bit_depth)
     if fmt == "png" and bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16 for PNG, got {bit_depth}")
     if fmt == "png" and channels != 1:
@@ -121,7 +125,7 @@ def write_array(path: Path, image: np.ndarray, fmt: str, bit_depth: int) -> None
 def output_manifest(gen: "LoadedModel", files: list[dict], *, seed: int, fmt: str, bit_depth: int, labels: Any) -> dict[str, Any]:
     """The folder manifest; written by one process (:func:`write_images`) or rank 0 (generation.distributed) alike."""
     return {
-        "count": len(files), "seed": seed, "format": fmt, "bit_depth": bit_depth if fmt == "png" else 32, "channels": gen.channels,
+        "count": len(files), "seed": seed, "format": fmt, "bit_depth": bit_depth if fmt in ("png", "dicom") else 32, "channels": gen.channels,
         "value_range": [0.0, 1.0], "sources": gen.sources, "labels": labels if not hasattr(labels, "tolist") else labels.tolist(),
         "generator": gen.describe(), "files": files,
     }
@@ -169,8 +173,14 @@ def write_images(
             images = gen.synthesize_range(a, b, seed=seed, batch_size=batch_size)
         for k in range(images.shape[0]):
             name = image_name(a + k, fmt)
-            write_array(out / name, images[k].numpy(), fmt, bit_depth)
-            rec = {"file": name, "index": a + k, "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
+            extra = {}
+            if fmt == "dicom":
+                from breastgan.generation.dicom_out import write_dicom_image
+
+                extra = write_dicom_image(out / name, images[k].numpy(), gen, index=a + k, seed=seed, labels=labels, bit_depth=bit_depth)
+            else:
+                write_array(out / name, images[k].numpy(), fmt, bit_depth)
+            rec = {"file": name, "index": a + k, "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(), **extra}
             records.append(rec)
     if write_manifest:
         write_json_atomic(out / MANIFEST, output_manifest(gen, records, seed=seed, fmt=fmt, bit_depth=bit_depth, labels=labels))

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from breastgan.cli import _register_all, app
-from breastgan.cli.common import friendly_errors, print_error
+from breastgan.cli.common import friendly_errors
 
 _register_all()
 runner = CliRunner()
@@ -73,6 +73,8 @@ def test_success_messages_keep_brackets(tmp_path, capsys):
 
 
 def test_backend_message_with_brackets_and_undecodable_bytes(capsys):
+    from breastgan.cli.common import print_error
+
     print_error("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer")
     print_error("pattern '^{0,63}$' and file " + b"bad\xff[x].png".decode("utf-8", "surrogateescape"))
     err = capsys.readouterr().err.splitlines()

@@ -17,7 +17,7 @@ from PIL import Image
 from breastgan.data.adapters import default_data_root
 from breastgan.data.adapters.readers import load_image
 from breastgan.data.prepare import NearDuplicateConfig, _image_hash, load_config, prepare
-from breastgan.data.splits import near_duplicate_groups, near_duplicate_links
+from breastgan.data.splits import near_duplicate_groups
 
 BUSI = default_data_root() / "busi"
 # the pairs that straddled splits with the old rules (prepare --check on BUSI, seed 0; docs/data-preparation.md)
@@ -40,6 +40,8 @@ def test_second_check_needs_two_independent_measures():
     dh = np.array([0, 1, 0, (1 << 40) - 1], dtype=np.uint64)  # c-d: difference hashes 40 bits apart
     old = near_duplicate_groups(ids, phash, t, 4, 0.97)
     assert "b" not in old  # the old rules miss a pair 6 bits apart
+    from breastgan.data.splits import near_duplicate_links
+
     links = near_duplicate_links(ids, phash, t, 4, 0.97, dhashes=dh, loose_hamming=12, loose_correlation=0.85, max_dhash=12)
     pairs = {p for ps in links.pairs.values() for p in ps}
     assert ("a", "b") in links.pairs["second_check"]

@@ -18,7 +18,6 @@ from test_adapters_inbreast import inbreast  # noqa: F401
 from test_adapters_vindr import vindr  # noqa: F401
 
 from breastgan.data.adapters import ADAPTERS, default_data_root
-from breastgan.data.adapters.identifiers import IdentifierPolicy, key_fingerprint, pseudonym
 from breastgan.data.prepare import load_config, prepare
 
 KEY = "unit-test-key-0123456789abcdef"
@@ -79,6 +78,8 @@ def test_every_adapter_writes_keyed_pseudonyms_by_default(adapter, request, tmp_
     assert rows, "the fixture must produce manifest rows"
     written = {r["patient_id"] for r in rows}
     assert not written & clear, f"{adapter}: clear patient ids in manifest.csv: {written & clear}"
+    from breastgan.data.adapters.identifiers import key_fingerprint, pseudonym
+
     assert written <= {pseudonym(c, KEY.encode()) for c in clear}  # one pseudonym per patient: splits and DP units still work
     assert summary.identifiers == {"mode": "keyed_hash", "algorithm": "hmac-sha256/16hex", "key_fingerprint": key_fingerprint(KEY.encode())}
     for f in ("manifest.csv", "summary.json", "config.yaml", "preflight.csv"):
@@ -93,6 +94,8 @@ def test_clear_text_only_when_asked(request, tmp_path, monkeypatch):
 
 
 def test_keyed_hash_depends_on_the_key_and_a_short_key_is_refused(tmp_path, monkeypatch):
+    from breastgan.data.adapters.identifiers import IdentifierPolicy, pseudonym
+
     a, b = pseudonym("P_00001", b"k" * 32), pseudonym("P_00001", b"j" * 32)
     assert a != b and len(a) == 16 and "P_00001" not in a
     key_file = tmp_path / "site.key"

@@ -16,7 +16,6 @@ import breastgan
 from breastgan.cli import _register_all, app
 from breastgan.generation import GeneratorLoadError, load_generator
 from breastgan.generation import kinds as kinds_mod
-from breastgan.generation.writer import OutputFolderError
 from breastgan.models.registry import GENERATORS
 from breastgan.sharing import PackageError, load_package
 
@@ -60,7 +59,7 @@ def test_generate_run_refuses_a_package_and_package_loader_refuses_symlinks(pack
     r = runner.invoke(app, ["generate", "--run", str(package_v1), "-n", "2", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a breastgan run directory" in r.output and "generator package" in r.output, r.output
     with pytest.raises(GeneratorLoadError, match="not a breastgan run directory.*it is an exported generator package"):
-        load_generator(package_v1, only="run")
+        load_generator(package_v1, only="run")  # the source restriction --run uses
     (run_lookalike / "manifest.json").write_text(json.dumps(read_manifest(package_v1)))
     with pytest.raises(PackageError, match="not listed"):  # with a manifest the strict checks apply: evil.py, the symlink
         load_package(run_lookalike)
@@ -142,11 +141,11 @@ def test_overwrite_never_removes_what_generate_did_not_write(small_run, tmp_path
     out = tmp_path / "synth"
     gen.save(out, n=3)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputFolderError, match=r"only replaces what an earlier generate wrote.*notes.txt.*Nothing was removed"):
+    with pytest.raises(ValueError, match=r"only replaces what an earlier generate wrote.*notes.txt.*Nothing was removed"):
         gen.save(out, n=2, overwrite=True)
     assert len(_images(out)) == 3 and (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
     gen.save(out, n=2, fmt="npy", overwrite=True)  # a format change leaves no PNG behind
     assert _images(out) == ["img_00000000.npy", "img_00000001.npy"]
-    with pytest.raises(OutputFolderError, match="not empty"):
+    with pytest.raises(ValueError, match="not empty"):
         gen.save(out, n=2)

@@ -110,8 +110,13 @@ def half_sample_indices(sizes: Sequence[int], n_rep: int, seed: int) -> list[lis
 
 def half_sampling_intervals(statistic: Callable[..., dict[str, float]], sizes: Sequence[int], estimates: dict[str, float], n_rep: int = 50,
                             seed: int = 0, level: float = 0.95, bounds: dict[str, tuple[float | None, float | None]] | None = None,
-                            min_half: int = 2) -> dict[str, Interval | None]:
-    """Half-sampling intervals of several statistics computed together (``statistic`` returns a dict)."""
+                            min_half: int = 2, target: str = "infinite-n") -> dict[str, Interval | None]:
+    """Half-sampling intervals of several statistics computed together (``statistic`` returns a dict).
+
+    ``target="infinite-n"``: the reverse percentile keeps the mean shift of the deviations, which removes a
+    1/n bias (FID, distances whose population value is the n -> infinity limit). ``target="this-n"``: the
+    deviations are centred on their mean first, giving an interval for E[statistic at this n], the
+    population value of statistics defined at a given n (PRDC's k-NN balls shrink with n by design)."""
     if n_rep <= 0 or min(sizes) // 2 < min_half:
         return {k: None for k in estimates}
     reps = [statistic(*idx) for idx in half_sample_indices(sizes, n_rep, seed)]
@@ -125,8 +130,13 @@ def half_sampling_intervals(statistic: Callable[..., dict[str, float]], sizes: S
         if finite.size < max(2, n_rep // 2):
             out[key] = None
             continue
-        q_lo, q_hi = percentile_ci(finite - est, level)
+        dev = finite - est
+        if target == "this-n":
+            dev = dev - dev.mean()
+        q_lo, q_hi = percentile_ci(dev, level)
         notes = [] if finite.size == v.size else [f"{v.size - finite.size} of {v.size} replicates were not finite and were dropped"]
+        notes.append("target: the population value as n -> infinity (1/n bias removed)" if target == "infinite-n"
+                     else "target: the expected value of the statistic at this n (deviations centred)")
         out[key] = finish_interval(est, est - s * q_hi, est - s * q_lo, "half-sampling", int(finite.size), level=level,
                                    bounds=(bounds or {}).get(key, (None, None)), notes=notes)
     return out

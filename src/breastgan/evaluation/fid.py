@@ -200,7 +200,8 @@ class FIDInfOptions(BaseModel):
     points: int = Field(5, ge=3, description="subset sizes between min_fraction x n and n")
     draws: int = Field(2, ge=1, description="random subsets per size (the full size has one)")
     min_fraction: float = Field(0.3, gt=0, lt=1)
-    n_boot: int | None = Field(10, ge=0, description="half-sampling replicates of the whole extrapolation (0: regression interval only)")
+    n_boot: int | None = Field(20, ge=0, description="half-sampling replicates of the whole extrapolation, deviations centred (the "
+                                                     "extrapolation has no 1/n term left to remove); 0: regression interval only")
 
 
 @register_metric("fid_inf", args=FIDInfOptions, summary="FID extrapolated to infinite n (fit of FID vs 1/n, Chong & Forsyth 2020)",
@@ -223,7 +224,7 @@ def fid_inf_metric(ctx: EvaluationContext, extractor: Any, points: int, draws: i
     iv = None
     if reps:
         iv, _ = half_sampling_ci(lambda i, j: fid_extrapolation(fr[i], ff[j], seed=ctx.seed, **kw)["fid_inf"], [fr.shape[0], ff.shape[0]],
-                                 value, reps, ctx.seed + 1, min_half=int(math.ceil(3 / min_fraction)))
+                                 value, reps, ctx.seed + 1, min_half=int(math.ceil(3 / min_fraction)), target="this-n")
     if iv is None:
         from scipy.stats import t as student_t
 

@@ -110,7 +110,7 @@ def prdc_metric(ctx: EvaluationContext, k: int, extractor: Any, max_samples: int
         d_ff = pairwise_distances(fake, fake)
         d_fr = pairwise_distances(fake, real)
         intervals = half_sampling_intervals(lambda i, j: prdc_from_distances(d_rr[i][:, i], d_ff[j][:, j], d_fr[j][:, i], k),
-                                            [len(real), len(fake)], values, reps, ctx.seed, min_half=k + 1,
+                                            [len(real), len(fake)], values, reps, ctx.seed, min_half=k + 1, target="this-n",
                                             bounds={"precision": (0, 1), "recall": (0, 1), "coverage": (0, 1), "density": (0, None)})
     warn = small_n_warning("prdc", min(len(real), len(fake)))
     out = []

@@ -8,6 +8,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -134,5 +135,5 @@ def test_debug_flag_and_environment_show_the_traceback(tmp_path):
     loud = subprocess.run([sys.executable, "-m", "breastgan", "--debug", "train", "--config", cfg], capture_output=True, text=True)
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
     env = subprocess.run([sys.executable, "-m", "breastgan", "train", "--config", cfg], capture_output=True, text=True,
-                         env={**__import__("os").environ, "BREASTGAN_DEBUG": "1"})
+                         env={**os.environ, "BREASTGAN_DEBUG": "1"})
     assert env.returncode != 0 and "Traceback" in env.stderr

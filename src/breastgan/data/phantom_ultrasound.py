@@ -44,8 +44,9 @@ def _blur(x: torch.Tensor, sigma_y: float, sigma_x: float) -> torch.Tensor:
 
 
 def generate_ultrasound(n: int, size: int, seed: int, malignant_fraction: float = 0.5, speckle: float = 1.0,
-                        shadow: tuple[float, float] = (0.55, 0.85)) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` images (n, 1, size, size) in [0, 1] and labels (0 benign, 1 malignant)."""
+                        shadow: tuple[float, float] = (0.55, 0.85)) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``n`` images (n, 1, size, size) in [0, 1], labels (0 benign, 1 malignant) and the lesion geometry
+    (centre ``cy``, ``cx`` and radii ``ry``, ``rx`` as fractions of the side)."""
     g = torch.Generator().manual_seed(seed)
     H = W = size
     yy = torch.linspace(0, 1, H).view(1, H, 1).expand(n, H, W)
@@ -97,7 +98,8 @@ def generate_ultrasound(n: int, size: int, seed: int, malignant_fraction: float 
     alpha = _u(g, n, 0.8, 1.6).view(n, 1, 1)
     signal = signal.clamp_min(0) * torch.exp(-alpha * yy * 0.6)
     img = torch.log1p(30 * signal) / math.log1p(30 * 2.5)
-    return img.clamp(0, 1).unsqueeze(1).float(), labels
+    geometry = {"cy": cy.flatten(), "cx": cx.flatten(), "ry": ry.flatten(), "rx": rx.flatten()}
+    return img.clamp(0, 1).unsqueeze(1).float(), labels, geometry
 
 
 class UltrasoundPhantomArgs(BaseModel):
@@ -116,8 +118,9 @@ class UltrasoundPhantomDataset(TensorDataset):
     def __init__(self, **options: object):
         args = UltrasoundPhantomArgs.model_validate(options)
         frac = args.malignant_fraction if args.label is None else float(args.label)
-        images, labels = generate_ultrasound(args.n, args.size, args.seed, frac, args.speckle)
+        images, labels, geometry = generate_ultrasound(args.n, args.size, args.seed, frac, args.speckle)
         info = DatasetInfo(name="phantom_ultrasound", image_size=(args.size, args.size), class_names=("benign", "malignant"),
                            bit_depth=16, extra={"options": args.model_dump(mode="json")})
         super().__init__(images, labels, info, source="phantom_ultrasound:" + json.dumps(args.model_dump(mode="json"), sort_keys=True))
         self.args = args
+        self.metadata = geometry  # per-image lesion centre and radii (fractions of the side)

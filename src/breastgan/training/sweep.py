@@ -325,7 +325,8 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
     write_text_atomic(out / "sweep.yaml", yaml.safe_dump({**cfg.model_dump(mode="json"), "base": str(base)}, sort_keys=False))
     real = cfg.evaluate.real or {"dataset": base_cfg.data.source.component, **base_cfg.data.source.args}
     n_workers = default_workers(cfg, len(runs))
-    echo(f"sweep {cfg.name}: {len(runs)} runs ({' x '.join(f'{k}[{len(v)}]' for k, v in cfg.axes.items()) or 'no axes'} x seeds{cfg.seeds}), "
+    extra = f" + {len(cfg.extra_runs)} extra" if cfg.extra_runs else ""
+    echo(f"sweep {cfg.name}: {len(runs)} runs ({' x '.join(f'{k}[{len(v)}]' for k, v in cfg.axes.items()) or 'no axes'} x seeds {cfg.seeds}{extra}), "
          f"{n_workers} worker(s) x {cfg.threads_per_worker} thread(s) -> {out}")
 
     pending: list[tuple[int, RunSpec]] = []
@@ -358,7 +359,9 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
                 write_json_atomic(job_path, job)
                 resuming = (out / "runs" / r.id / "config.yaml").is_file()
                 log = open(out / "logs" / f"{r.id}.log", "a")
-                env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads_per_worker), "MKL_NUM_THREADS": str(cfg.threads_per_worker)}
+                # one numba cache for all workers: UMAP's JIT compiles once per sweep, not once per run
+                env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads_per_worker), "MKL_NUM_THREADS": str(cfg.threads_per_worker),
+                       "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str((out / ".numba_cache").resolve()))}
                 proc = subprocess.Popen([python, "-m", "breastgan.training.sweep", "job", str(job_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[i] = (proc, r, time.perf_counter(), log, resuming)
             if stop["signal"] and queue:

@@ -128,3 +128,27 @@ def test_ultrasound_phantom_is_seeded_and_shadows_below_malignant_lesions():
     # smooth tissue variation can mask single images; the classes separate clearly on the whole
     assert r[lab == 1].mean() < 0.9 < 1.05 < r[lab == 0].mean()
     assert (r[lab == 1] < 1.0).float().mean() > 0.8 and (r[lab == 0] > 1.0).float().mean() > 0.8
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from breastgan.config import load_config
+    from breastgan.training import sweep as sw
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("dgan_wp_tl_busi_512.yaml", "dgan_wp_tl_busi_cpu.yaml", "projected_busi_cpu.yaml"):
+        cfg = load_config(root / name)
+        assert cfg.recipe.component in ("dgan_wp_tl", "projected")
+    c512 = load_config(root / "dgan_wp_tl_busi_512.yaml")
+    assert (c512.optim.lr_g, c512.optim.lr_d, c512.optim.betas[0], c512.train.n_critic, c512.train.batch_size, c512.train.epochs) == (1e-5, 1e-5, 0.5, 5, 2, 500)
+    study, here = sw.load_sweep(root / "dgan_wp_tl_study.yaml")
+    runs = sw.expand(study)
+    assert len(runs) == 2 * 5 + 1
+    for r in runs:  # every run of the study is a valid configuration, and each loss gets lambda in its own term
+        base = sw.resolve_base(study if r.base is None else study.model_copy(update={"base": r.base}), here)
+        cfg = load_config(base, r.overrides)
+        if r.labels.get("loss") == "wgan-gp":
+            assert cfg.loss.args["gp_lambda"] == r.labels["lambda"] and cfg.recipe.args.get("perceptual_weight") == 0.0
+        elif r.labels.get("loss") == "bce":
+            assert cfg.loss.args["gp_lambda"] == 0.0 and cfg.recipe.args["perceptual_weight"] == r.labels["lambda"]

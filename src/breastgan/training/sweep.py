@@ -428,6 +428,8 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
         row.update({"status": "done", "steps": res.get("step"), "epochs": res.get("epoch"), "train_s": res.get("train_seconds")})
         for col, keys in TABLE_COLUMNS:
             row[col] = _lookup(vals, keys)
+        # the seed reports KID as mean +- std over subsets
+        row["KID std"] = res.get("metrics", {}).get("details", {}).get("kid", {}).get("std_over_subsets")
         for k, v in vals.items():
             if "@" in k:
                 col = f"KID ({k.split('@', 1)[1]})" if k.startswith("kid@") else k
@@ -435,7 +437,9 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
                 if col not in extra_cols:
                     extra_cols.append(col)
         rows.append(row)
-    columns = ["run", *axis_cols, "status", "steps", "epochs", "train_s", *[c for c, _ in TABLE_COLUMNS], *extra_cols]
+    metric_cols = [c for c, _ in TABLE_COLUMNS]
+    metric_cols.insert(1, "KID std")
+    columns = ["run", *axis_cols, "status", "steps", "epochs", "train_s", *metric_cols, *extra_cols]
     return columns, rows
 
 

@@ -228,3 +228,35 @@ def test_cli_translates_a_run_and_a_prepared_set(tmp_path):
     assert read_image(tmp_path / "out" / "images" / "files" / "2.png").pixels.shape == (16, 20)
     res = CliRunner().invoke(app, ["translate", "--run", str(run), "--direction", "a2b", "--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "nowhere: not a folder" in res.output
+
+
+def test_a_utility_runs_classifier_loads_and_reproduces_its_predictions(tmp_path):
+    import csv
+
+    import yaml
+
+    from breastgan.cli import _register_all, app
+    from breastgan.data.phantom import PhantomDataset
+    from breastgan.generation.translate import lesion_probabilities, load_utility_classifier
+
+    cfg = {"name": "u", "output_dir": str(tmp_path / "out"), "classes": ["healthy", "lesion"], "image_size": 16,
+           "centres": {"A": {"dataset": "phantom", "args": {"n": 80, "size": 16, "seed": 1, "lesion_fraction": 0.5}}},
+           "receiving": "A", "n_added": 0, "arms": [{"kind": "none"}], "fractions": [1.0],
+           "classifiers": [{"name": "cnn", "label": "CNN", "args": {"channels": [4, 8, 8, 8], "hidden": 16}, "fit": {"epochs": 1, "batch_size": 16}}],
+           "seeds": [0], "device": "cpu"}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    _register_all()
+    res = CliRunner().invoke(app, ["utility", "--config", str(tmp_path / "exp.yaml")])
+    assert res.exit_code == 0, res.output
+    run = next((tmp_path / "out" / "u" / "runs").rglob("best.safetensors")).parent
+    clf = load_utility_classifier(run)
+    assert clf.image_size == 16 and clf.source["classifier"] == "cnn" and clf.positive == 1
+    # the loaded network gives the probabilities the experiment wrote for its test images
+    rows = list(csv.DictReader(open(run / "predictions.csv")))
+    ds = PhantomDataset(n=80, size=16, seed=1, lesion_fraction=0.5)
+    known = [(int(r["item_id"].split("_")[1]), float(r["p_lesion"])) for r in rows]  # items are phantom{seed}_{index}
+    assert known and all(r["item_id"].startswith("phantom1_") for r in rows)
+    p = lesion_probabilities(clf.model, [ds.images[i] for i, _ in known], 16)
+    assert torch.allclose(p, torch.tensor([q for _, q in known]), atol=1e-5)
+    with pytest.raises(TranslateError, match="no best.safetensors"):
+        load_utility_classifier(tmp_path)

@@ -88,6 +88,7 @@ def test_cyclegan_learns_a_known_unpaired_domain_shift(cyclegan_run, domains):
     with torch.no_grad():
         p_untrained = psnr((untrained(test_a * 2 - 1) + 1) / 2, truth)
     p_identity, p_trained = psnr(test_a, truth), psnr(gen.translate(test_a, "a2b"), truth)
+    print(f"PSNR to the shifted truth: trained {p_trained:.2f} dB, identity {p_identity:.2f} dB, untrained {p_untrained:.2f} dB")
     assert p_trained > p_identity + 2 and p_trained > p_untrained + 2, (p_trained, p_identity, p_untrained)
 
 
@@ -134,6 +135,7 @@ def test_pix2pix_learns_the_paired_shift(tmp_path):
     with torch.no_grad():
         p_untrained = psnr((untrained(test_a * 2 - 1) + 1) / 2, truth)
     p_identity, p_trained = psnr(test_a, truth), psnr(gen.translate(test_a, "a2b"), truth)
+    print(f"PSNR to the shifted truth: trained {p_trained:.2f} dB, identity {p_identity:.2f} dB, untrained {p_untrained:.2f} dB")
     assert p_trained > p_identity + 2 and p_trained > p_untrained + 2, (p_trained, p_identity, p_untrained)
     rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d", "loss_g_adv", "l1"} <= set(rows[-1])
@@ -209,3 +211,38 @@ def test_a_cyclegan_run_exports_verifies_and_translates_as_a_package(cyclegan_ru
     res = runner.invoke(app, ["translate", "--run", str(pkg), "--direction", "b2a", "--input", str(b_root), "--out", str(tmp_path / "t")])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "t" / "images").glob("*.png"))) == 64
+
+
+def test_cyclegan_killed_and_resumed_equals_an_uninterrupted_run(domains, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    _, b_root, _, _ = domains
+    cfg = cyclegan_cfg(b_root, pool_size=3)
+    cfg["train"].update(batch_size=2, max_steps=30, checkpoint_every=3, keep_last=20)
+    straight = train(cfg, run_dir=tmp_path / "straight").run_dir
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    cli = lambda *a: subprocess.Popen([sys.executable, "-m", "breastgan", *a], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # noqa: E731
+    victim = cli("train", "--config", str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "killed"))
+    marker = tmp_path / "killed" / "checkpoints" / "step_00000006" / "meta.json"
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert victim.poll() is None, "run finished before it could be killed: " + victim.stdout.read().decode()[-500:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "checkpoints" / "step_00000030").exists()  # it really was interrupted
+    resumed = cli("train", "--resume", str(tmp_path / "killed"))
+    out = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out
+    for name in ("g_ab", "g_ba", "d_a", "d_b"):
+        a = load_file(str(straight / "checkpoints" / "step_00000030" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "killed" / "checkpoints" / "step_00000030" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name

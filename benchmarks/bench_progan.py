@@ -52,7 +52,6 @@ def stage_config(stage: int, batch: int, steps: int, widths, device: str, precis
 def plain_loop(stage: int, batch: int, steps: int, widths, device: str, precision: str) -> float:
     """The same networks and update rule in a plain loop; images/s over the second half."""
     import torch
-    import torch.nn.functional as F
 
     from breastgan.data.phantom_full import generate_full_phantom
     from breastgan.models.progan import ProGANDiscriminator, ProGANGenerator
@@ -104,7 +103,6 @@ def plain_loop(stage: int, batch: int, steps: int, widths, device: str, precisio
                 pe.lerp_(p, 0.001)
         if t0 is not None:
             done += batch
-        _ = F  # noqa
     if device == "cuda":
         torch.cuda.synchronize()
     return done / (time.perf_counter() - t0)

@@ -126,8 +126,8 @@ def test_fade_in_with_alpha_zero_is_exactly_the_previous_stage(stage):
     torch.manual_seed(stage)
     kw = dict(image_size=(80, 64), widths=[8, 6, 5, 4, 3], num_classes=2)
     g_old = ProGANGenerator(stage=stage - 1, latent_dim=6, **kw).double()
-    g_new = _grown(ProGANGenerator, g_old, stage=stage, latent_dim=6, **kw)
-    g_new.alpha.fill_(0.0)
+    g_new = _grown(ProGANGenerator, g_old, stage=stage, latent_dim=6, alpha=0.0, **kw)
+    assert g_new.alpha.item() == 0.0 and f"alpha_{stage}" in dict(g_new.named_buffers())
     z, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
     with torch.no_grad():
         assert torch.equal(g_new(z, y), F.interpolate(g_old(z, y), scale_factor=2, mode="nearest"))
@@ -135,8 +135,7 @@ def test_fade_in_with_alpha_zero_is_exactly_the_previous_stage(stage):
         assert not torch.equal(g_new(z, y), F.interpolate(g_old(z, y), scale_factor=2, mode="nearest"))
 
     d_old = ProGANDiscriminator(stage=stage - 1, aux_classifier=True, **kw).double()
-    d_new = _grown(ProGANDiscriminator, d_old, stage=stage, aux_classifier=True, **kw)
-    d_new.alpha.fill_(0.0)
+    d_new = _grown(ProGANDiscriminator, d_old, stage=stage, aux_classifier=True, alpha=0.0, **kw)
     x = torch.randn(8, 1, 5 * 2**stage, 4 * 2**stage, dtype=torch.float64)
     with torch.no_grad():
         s_new, aux_new = d_new(x, return_aux=True)

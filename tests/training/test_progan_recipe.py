@@ -123,6 +123,19 @@ def test_tiny_run_grows_through_three_stages_with_fresh_optimisers(full_run):
     assert max(r["d_iters"] for r in log) == 2 and min(r["d_iters"] for r in log) == 1  # the ramp
     alphas = [r["alpha"] for r in log]
     assert any(0 < a < 1 for a in alphas)
+    # any checkpoint regenerates at its own stage, mid-fade with its alpha (a buffer saved with the weights)
+    for step, size in ((1, (10, 8)), (12, (40, 32))):
+        gen = breastgan.load_generator(full_run / "checkpoints" / f"step_{step:08d}")
+        assert gen.sample(2, seed=0, labels="MLO").shape == (2, 1, *size)
+    sched = Schedule(1, 4, 0.016, 0.016)
+    for step in (s for s in range(1, 13) if structures[s]["phase"] == "fade"):
+        nimg = torch.load(full_run / "checkpoints" / f"step_{step:08d}" / "training_state.pt", weights_only=True)["recipe"]["nimg"]
+        st = structures[step]["stage"]
+        for m in ("generator", "generator_ema", "discriminator"):  # also the first checkpoint after a change
+            saved = load_file(str(full_run / "checkpoints" / f"step_{step:08d}" / f"{m}.safetensors"))[f"alpha_{st}"]
+            assert float(saved) == pytest.approx(sched.locate(int(nimg))[2], abs=1e-7), (step, m)
+        assert breastgan.load_generator(full_run / "checkpoints" / f"step_{step:08d}").models[0].alpha.item() == float(saved)
+    assert not [k for k in weights(full_run, 12) if "alpha" in k]  # stable phase: no blend
     summary = json.loads((full_run / "summary.json").read_text())["progan"]
     assert summary["stage"] == 3 and summary["resolution"] == [40, 32]
     assert summary["kimg"] * 1000 == state["recipe"]["nimg"]

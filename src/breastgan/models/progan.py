@@ -11,7 +11,9 @@ Registry key ``progan`` (generator and discriminator). Follows the reference imp
 - minibatch standard deviation in D's last block (groups of 4, see :func:`minibatch_stddev` for a
   batch that is smaller or not divisible);
 - fade-in: G's output is lerp(nearest-upsampled previous to-image, new to-image, alpha); D mirrors
-  it with 2x2 average pooling. ``alpha`` is a buffer of both networks, so a checkpoint taken
+  it with 2x2 average pooling. A network built for a fade-in (``alpha`` not null) keeps alpha in a
+  buffer named after its stage (``alpha_<stage>``: never carried over from another stage's network,
+  and absent in the stable phase, where only the new to-image/from-image layer exists), so a checkpoint taken
   mid-fade regenerates exactly what it showed. The recipe fades the real images too.
 
 Stages: stage ``s`` works at ``base * 2**s``; the final size (the data's) must be ``base * 2**S``.
@@ -22,8 +24,6 @@ checkpoint holds. Nothing assumes a square or power-of-two image, or 3 channels.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -125,6 +125,7 @@ class ProGANArgs(BaseModel):
     fmap_base: int = Field(8192, ge=1, description="width of stage s: min(fmap_base / 2**(s+1), fmap_max), as the reference")
     fmap_max: int = Field(512, ge=1)
     widths: list[int] | None = Field(None, description="explicit per-stage widths, stage 0 first (the last repeats); overrides fmap_base/fmap_max")
+    alpha: float | None = Field(None, ge=0, le=1, description="fade-in weight of a network built for a fade-in (set by the recipe); null: stable")
 
     @model_validator(mode="after")
     def _check(self) -> "ProGANArgs":
@@ -166,23 +167,40 @@ def stage_size(base: tuple[int, int], stage: int) -> tuple[int, int]:
     return base[0] * 2**stage, base[1] * 2**stage
 
 
-def _alpha_buffer(module: nn.Module) -> None:
-    # the fade-in weight: a buffer, so it is saved with the weights and EMA copies follow it
-    module.register_buffer("alpha", torch.ones(()))
+class _Fading:
+    """The fade-in weight: a buffer (saved with the weights, copied into EMA copies), named per stage."""
+
+    stage: int
+    fading: bool
+
+    def _init_alpha(self, alpha: float | None) -> None:
+        self.fading = alpha is not None and self.stage > 0
+        if self.fading:
+            self.register_buffer(f"alpha_{self.stage}", torch.tensor(float(alpha)))  # type: ignore[attr-defined]
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        if not self.fading:
+            raise AttributeError(f"{type(self).__name__} at stage {self.stage} was built for the stable phase (no fade-in weight)")
+        return getattr(self, f"alpha_{self.stage}")
+
+    def _fade_stages(self) -> range:
+        return range(self.stage - 1, self.stage + 1) if self.fading else range(self.stage, self.stage + 1)
 
 
 # ----------------------------------------------------------------------------------------------
 # generator
 
 
-class ProGANGenerator(GeneratorBase):
+class ProGANGenerator(_Fading, GeneratorBase):
     """G(z, labels) -> (N, C, H, W) images at the current stage's size (linear output, model range [-1, 1])."""
 
     def __init__(self, image_size=(1280, 1024), channels: int = 1, num_classes: int = 0, base_size=(5, 4), stage: int = 0,
-                 fmap_base: int = 8192, fmap_max: int = 512, widths: list[int] | None = None, latent_dim: int = 512):
+                 fmap_base: int = 8192, fmap_max: int = 512, widths: list[int] | None = None, latent_dim: int = 512,
+                 alpha: float | None = None):
         super().__init__()
         a = ProGANArgs(image_size=tuple(image_size), channels=channels, num_classes=num_classes, base_size=tuple(base_size),
-                       stage=stage, fmap_base=fmap_base, fmap_max=fmap_max, widths=widths)
+                       stage=stage, fmap_base=fmap_base, fmap_max=fmap_max, widths=widths, alpha=alpha)
         self.args = a
         self.latent_dim, self.num_classes, self.channels, self.stage = latent_dim, num_classes, channels, stage
         self.base_size = tuple(a.base_size)
@@ -195,9 +213,9 @@ class ProGANGenerator(GeneratorBase):
         self.blocks = nn.ModuleList()
         for s in range(1, stage + 1):
             self.blocks.append(nn.ModuleList([EqualizedConv2d(a.width(s - 1), a.width(s), 3), EqualizedConv2d(a.width(s), a.width(s), 3)]))
-        # only the two to-image layers fade-in uses: an unused layer would stall DDP's gradient reduction
-        self.to_image = nn.ModuleDict({str(s): EqualizedConv2d(a.width(s), channels, 1, gain=1.0) for s in range(max(0, stage - 1), stage + 1)})
-        _alpha_buffer(self)
+        self._init_alpha(alpha)
+        # only the to-image layers in use (two while fading): an unused layer would stall DDP's gradient reduction
+        self.to_image = nn.ModuleDict({str(s): EqualizedConv2d(a.width(s), channels, 1, gain=1.0) for s in self._fade_stages()})
 
     def _input(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.num_classes:
@@ -223,9 +241,9 @@ class ProGANGenerator(GeneratorBase):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         feats = self.features(z, labels)
         out = self.to_image[str(self.stage)](feats[-1])
-        if self.stage > 0:
-            # always blended (no data-dependent branch: no host sync, no graph break, every parameter
-            # gets a gradient under DDP); lerp with weight 1 returns the new output exactly
+        if self.fading:
+            # always blended while fading (no data-dependent branch: no host sync, no graph break, every
+            # parameter gets a gradient under DDP)
             prev = upsample(self.to_image[str(self.stage - 1)](feats[-2]))
             out = torch.lerp(prev, out, self.alpha.to(out.dtype))
         return out
@@ -240,7 +258,7 @@ class ProGANDiscArgs(ProGANArgs):
     aux_classifier: bool = Field(False, description="auxiliary-classifier head (num_classes logits) for view or any label")
 
 
-class ProGANDiscriminator(nn.Module):
+class ProGANDiscriminator(_Fading, nn.Module):
     """D(x, labels) -> critic scores (N,); ``return_aux=True`` also gives the auxiliary-classifier logits.
 
     Labels are not an input: with ``aux_classifier`` D *predicts* them (AC-GAN, as ProGAN's label outputs).
@@ -248,18 +266,19 @@ class ProGANDiscriminator(nn.Module):
 
     def __init__(self, image_size=(1280, 1024), channels: int = 1, num_classes: int = 0, base_size=(5, 4), stage: int = 0,
                  fmap_base: int = 8192, fmap_max: int = 512, widths: list[int] | None = None, mbstd_group: int = 4,
-                 aux_classifier: bool = False):
+                 aux_classifier: bool = False, alpha: float | None = None):
         super().__init__()
         a = ProGANDiscArgs(image_size=tuple(image_size), channels=channels, num_classes=num_classes, base_size=tuple(base_size),
                            stage=stage, fmap_base=fmap_base, fmap_max=fmap_max, widths=widths, mbstd_group=mbstd_group,
-                           aux_classifier=aux_classifier)
+                           aux_classifier=aux_classifier, alpha=alpha)
         if aux_classifier and num_classes < 2:
             raise ValueError("aux_classifier: needs a labelled data set (data.conditional: true with at least 2 classes)")
         self.stage, self.mbstd_group, self.channels = stage, mbstd_group, channels
         self.num_classes = num_classes
         self.base_size = tuple(a.base_size)
         self.image_size = stage_size(self.base_size, stage)
-        self.from_image = nn.ModuleDict({str(s): EqualizedConv2d(channels, a.width(s), 1) for s in range(max(0, stage - 1), stage + 1)})
+        self._init_alpha(alpha)
+        self.from_image = nn.ModuleDict({str(s): EqualizedConv2d(channels, a.width(s), 1) for s in self._fade_stages()})
         # blocks[s - 1] takes stage s's resolution to stage s - 1's
         self.blocks = nn.ModuleList()
         for s in range(1, stage + 1):
@@ -270,7 +289,6 @@ class ProGANDiscriminator(nn.Module):
         self.dense0 = EqualizedLinear(c0 * bh * bw, c0)
         self.n_aux = num_classes if aux_classifier else 0
         self.dense1 = EqualizedLinear(c0, 1 + self.n_aux, gain=1.0)
-        _alpha_buffer(self)
 
     def _block(self, s: int, h: torch.Tensor) -> torch.Tensor:
         conv_a, conv_b = self.blocks[s - 1]
@@ -283,10 +301,11 @@ class ProGANDiscriminator(nn.Module):
         h = lrelu(self.from_image[str(s)](x))
         if s > 0:
             h = self._block(s, h)
+        if self.fading:
             prev = lrelu(self.from_image[str(s - 1)](downsample(x)))
             h = torch.lerp(prev, h, self.alpha.to(h.dtype))
-            for k in range(s - 1, 0, -1):
-                h = self._block(k, h)
+        for k in range(s - 1, 0, -1):
+            h = self._block(k, h)
         h = minibatch_stddev(h, self.mbstd_group)
         h = lrelu(self.conv_last(h))
         h = lrelu(self.dense0(h.flatten(1)))
@@ -307,7 +326,3 @@ DISCRIMINATORS.register("progan", args=ProGANDiscArgs, summary="progressive GAN 
 __all__ = ["ProGANGenerator", "ProGANDiscriminator", "EqualizedConv2d", "EqualizedLinear", "pixel_norm", "minibatch_stddev",
            "stddev_group", "num_stages", "stage_size", "upsample", "downsample"]
 
-
-def arch_summary(args: dict[str, Any]) -> str:
-    a = ProGANArgs(**{k: v for k, v in args.items() if k in ProGANArgs.model_fields})
-    return " -> ".join(f"{stage_size(tuple(a.base_size), s)[0]}x{stage_size(tuple(a.base_size), s)[1]}:{a.width(s)}" for s in range(a.num_stages))

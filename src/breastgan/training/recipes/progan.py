@@ -188,8 +188,11 @@ class ProGANRecipe(Recipe):
 
     # -- what is trained ---------------------------------------------------------------------------
     def arch_args(self):
-        return {"generator": ("progan", {**self.g_args, "stage": self.stage}),
-                "discriminator": ("progan", {**self.d_args, "stage": self.stage})}
+        # image_size is what the network at this stage makes / takes (model.json's output size); the final
+        # size lives in the schedule, so a checkpoint of any stage rebuilds exactly the network it holds
+        # alpha: the fade-in weight a network is built with (null in the stable phase: no blend, no old layer)
+        now = {"image_size": self.res, "stage": self.stage, "alpha": self.alpha if self.phase == "fade" and self.stage > 0 else None}
+        return {"generator": ("progan", {**self.g_args, **now}), "discriminator": ("progan", {**self.d_args, **now})}
 
     def build_modules(self) -> dict[str, nn.Module]:
         a = self.arch_args()
@@ -236,7 +239,9 @@ class ProGANRecipe(Recipe):
 
     def _set_alpha(self, env, alpha: float) -> None:
         for name in ("generator", "discriminator"):
-            env.module(name).alpha.fill_(alpha)
+            m = env.module(name)
+            if m.fading:
+                m.alpha.fill_(alpha)
 
     def train_step(self, env) -> StepOutput:
         alpha = self.alpha
@@ -255,6 +260,9 @@ class ProGANRecipe(Recipe):
             return StepOutput(out, completed_step=False)
         out.update(self.g_step(env))
         self.d_done = 0
+        # the buffers hold the schedule's alpha for the images shown so far: the loop's EMA update copies
+        # them, and a checkpoint written now regenerates with exactly that weight
+        self._set_alpha(env, self.alpha)
         return StepOutput(out, completed_step=True)
 
     def labels(self, labels_global: torch.Tensor) -> torch.Tensor | None:

@@ -29,11 +29,7 @@ from breastgan.evaluation.bootstrap import mean_interval
 from breastgan.evaluation.fid import fid_ci, fid_extrapolation, frechet_distance, frechet_distance_features
 from breastgan.evaluation.kid import kernel_inception_distance, polynomial_kernel
 from breastgan.evaluation.prdc import pairwise_distances, prdc_from_distances
-from breastgan.evaluation.bootstrap import half_sampling_intervals
-
-
-def half_sampling_ci(stat, sizes, est, n_rep, seed, min_half=2, target="infinite-n"):
-    return half_sampling_intervals(lambda *i: {"v": stat(*i)}, sizes, {"v": est}, n_rep, seed, min_half=min_half, target=target)["v"], None
+from breastgan.evaluation.bootstrap import half_sampling_ci, half_sampling_intervals
 
 
 def gaussians(dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -144,9 +144,10 @@ def half_sampling_intervals(statistic: Callable[..., dict[str, float]], sizes: S
 
 def half_sampling_ci(statistic: Callable[..., float], sizes: Sequence[int], estimate: float, n_rep: int = 50, seed: int = 0,
                      level: float = 0.95, bounds: tuple[float | None, float | None] = (None, None),
-                     min_half: int = 2) -> tuple[Interval | None, None]:
+                     min_half: int = 2, target: str = "infinite-n") -> tuple[Interval | None, None]:
     """Reverse-percentile half-sampling interval of ``statistic(idx_1, ..., idx_k)`` (see the module docstring)."""
-    iv = half_sampling_intervals(lambda *idx: {"v": statistic(*idx)}, sizes, {"v": estimate}, n_rep, seed, level, {"v": bounds}, min_half)
+    iv = half_sampling_intervals(lambda *idx: {"v": statistic(*idx)}, sizes, {"v": estimate}, n_rep, seed, level, {"v": bounds}, min_half,
+                                 target)
     return iv["v"], None
 
 

@@ -259,6 +259,8 @@ def _check(name: str, value: float | None, threshold: float, rule: str, ci: Any 
     else:
         beyond = value > threshold if rule == "<=" else value < threshold
         significant = True if p_value is None or alpha is None else p_value <= alpha
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None  # JSON and the package manifest hold finite numbers only; not_applicable / beyond_threshold say why
     out = {"name": name, "value": value, "threshold": float(threshold), "rule": rule, "passed": not (beyond and significant),
            "ci95": list(ci) if ci is not None else None, "beyond_threshold": bool(beyond)}
     if p_value is not None:

@@ -246,3 +246,44 @@ def test_cyclegan_killed_and_resumed_equals_an_uninterrupted_run(domains, tmp_pa
         a = load_file(str(straight / "checkpoints" / "step_00000030" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "killed" / "checkpoints" / "step_00000030" / f"{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_two_gloo_ranks_equal_one_rank_at_twice_the_batch(domains, tmp_path):
+    """DDP over the four networks: 2 ranks x 2 images == 1 rank x 4 (buffers off: they are per rank)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    _, b_root, _, _ = domains
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", BREASTGAN_DIST_TIMEOUT="60")
+    runs = {}
+    for nproc, batch in ((1, 4), (2, 2)):
+        cfg = cyclegan_cfg(b_root, pool_size=0)
+        cfg["train"].update(batch_size=batch, max_steps=4, checkpoint_every=4)
+        path = tmp_path / f"cfg{nproc}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1",
+                  f"--master_port={port}", "-m", "breastgan", "--"] if nproc > 1 else [sys.executable, "-m", "breastgan"]
+        proc = subprocess.run([*launch, "train", "--config", str(path), "--run-dir", str(tmp_path / f"r{nproc}")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[nproc] = tmp_path / f"r{nproc}" / "checkpoints" / "step_00000004"
+    # weights agree; biases of convs followed by instance norm are not compared: the norm removes them, so
+    # their gradient is zero up to rounding, which Adam scales to lr-sized steps (kept as the reference has them)
+    for name in ("g_ab", "g_ba", "d_a", "d_b"):
+        a, b = load_file(str(runs[1] / f"{name}.safetensors")), load_file(str(runs[2] / f"{name}.safetensors"))
+        for k in a:
+            if k.endswith(".weight"):
+                torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}.{k}")
+    # and so do the outputs
+    _, _, test_a, _ = domains
+    g1, g2 = load_generator(tmp_path / "r1"), load_generator(tmp_path / "r2")
+    for d in ("a2b", "b2a"):
+        torch.testing.assert_close(g1.translate(test_a, d), g2.translate(test_a, d), atol=1e-4, rtol=0)  # float reduction order

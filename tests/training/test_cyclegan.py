@@ -287,3 +287,34 @@ def test_two_gloo_ranks_equal_one_rank_at_twice_the_batch(domains, tmp_path):
     g1, g2 = load_generator(tmp_path / "r1"), load_generator(tmp_path / "r2")
     for d in ("a2b", "b2a"):
         torch.testing.assert_close(g1.translate(test_a, d), g2.translate(test_a, d), atol=1e-4, rtol=0)  # float reduction order
+
+
+def test_a_model_trained_on_16_px_patches_translates_a_1280x1024_frame(cyclegan_run, tmp_path):
+    import numpy as np
+
+    from breastgan.data.io import read_image
+    from breastgan.generation.translate import translate_images
+
+    (tmp_path / "in").mkdir()
+    frame = np.clip(np.random.default_rng(0).normal(0.5, 0.1, (1024, 1280)), 0, 1).astype(np.float32)
+    write_image(tmp_path / "in" / "frame.png", frame, bit_depth=16)
+    doc = translate_images(load_generator(cyclegan_run), "a2b", tmp_path / "in", tmp_path / "out", preview=1, run=str(cyclegan_run))
+    out = read_image(tmp_path / "out" / "images" / "frame.png")
+    assert out.pixels.shape == (1024, 1280) and out.bit_depth == 16 and doc["run"] == str(cyclegan_run)
+    assert len(np.unique(out.pixels)) > 256  # not quantised to 8 bits
+
+
+def test_random_crops_train_on_crops_and_describe_the_crop(domains, tmp_path):
+    from breastgan.training.recipes.cyclegan import random_crops
+
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    c = random_crops(x, torch.tensor([[0.0, 0.0], [0.999, 0.999]]), 8, "t")
+    assert torch.equal(c[0], x[0, :, :8, :8]) and torch.equal(c[1], x[1, :, 8:, 8:])
+    _, b_root, _, _ = domains
+    cfg = cyclegan_cfg(b_root, crop=8)
+    cfg["train"].update(max_steps=2, sample_every=2)
+    run = train(cfg, run_dir=tmp_path / "crop").run_dir
+    assert json.loads((run / "model.json").read_text())["output"]["image_size"] == [8, 8]
+    bad = cyclegan_cfg(b_root, crop=20)
+    with pytest.raises(ConfigError, match=r"recipe.crop 20 is larger than recipe.domain_a's images \(16x16\)"):
+        train(bad, run_dir=tmp_path / "bad")

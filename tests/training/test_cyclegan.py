@@ -312,9 +312,12 @@ def test_random_crops_train_on_crops_and_describe_the_crop(domains, tmp_path):
     assert torch.equal(c[0], x[0, :, :8, :8]) and torch.equal(c[1], x[1, :, 8:, 8:])
     _, b_root, _, _ = domains
     cfg = cyclegan_cfg(b_root, crop=8)
-    cfg["train"].update(max_steps=2, sample_every=2)
+    # in-training evaluation compares A -> B translations (recipe.synthesize) with domain B (eval_reference)
+    cfg["train"].update(max_steps=2, sample_every=2, eval=[{"metric": "pixel_stats", "every": 2, "n": 8}])
     run = train(cfg, run_dir=tmp_path / "crop").run_dir
     assert json.loads((run / "model.json").read_text())["output"]["image_size"] == [8, 8]
+    logged = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("pixel_stats") for r in logged for k in r), logged[-1]
     bad = cyclegan_cfg(b_root, crop=20)
     with pytest.raises(ConfigError, match=r"recipe.crop 20 is larger than recipe.domain_a's images \(16x16\)"):
         train(bad, run_dir=tmp_path / "bad")

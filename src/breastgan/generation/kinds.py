@@ -120,8 +120,8 @@ def module_size(entry: Entry, args: Mapping[str, Any]) -> ModuleSize:
     if not state:
         return ModuleSize(0, 0, "", ())
     name, big = max(state.items(), key=lambda kv: kv[1].numel())
-    return ModuleSize(sum(t.numel() for t in state.values()), sum(t.numel() * t.element_size() for t in state.values()),
-                      name, tuple(big.shape))
+    unique = list({id(t): t for t in state.values()}.values())  # a tied weight is allocated (and stored) once: a lower bound
+    return ModuleSize(sum(t.numel() for t in unique), sum(t.numel() * t.element_size() for t in unique), name, tuple(big.shape))
 
 
 def _main_culprit(p: PlannedComponent, total: int) -> str:

@@ -211,6 +211,10 @@ def test_a_cyclegan_run_exports_verifies_and_translates_as_a_package(cyclegan_ru
     res = runner.invoke(app, ["translate", "--run", str(pkg), "--direction", "b2a", "--input", str(b_root), "--out", str(tmp_path / "t")])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "t" / "images").glob("*.png"))) == 64
+    res = runner.invoke(app, ["hub", "add", str(pkg), "--hub", str(tmp_path / "hub")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["hub", "search", "--kind", "translation", "--hub", str(tmp_path / "hub")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "cg-" in res.output, res.output
 
 
 def test_cyclegan_killed_and_resumed_equals_an_uninterrupted_run(domains, tmp_path):

@@ -178,6 +178,10 @@ def test_bad_inputs_are_named(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb" / "c.png")
     with pytest.raises(TranslateError, match=r"c.png: colour image .* never maps colour to grey"):
         translate_images(translator(Identity()), "a2b", tmp_path / "rgb", tmp_path / "o2")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("x")
+    with pytest.raises(TranslateError, match=r"full: output folder is not empty"):
+        translate_images(translator(Identity()), "a2b", tmp_path / "odd", tmp_path / "full")
     with pytest.raises(ValueError, match=r"unknown direction 'b2a'"):
         translate_images(translator(Identity()), "b2a", tmp_path / "odd", tmp_path / "o3")
     with pytest.raises(TranslateError, match="must be a multiple of the model's size multiple 4"):

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA weights."),
         preview: int = typer.Option(4, min=0, help="Images in preview.png."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty output folder."),
     ) -> None:
         """Translate images with a CycleGAN / pix2pix model at their own size and bit depth (16-bit in, 16-bit out)."""
         import yaml
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
             spec = yaml.safe_load(classifier_data)
             clf = train_classifier(build_domain(spec, "--classifier-data"), epochs=classifier_epochs)
         doc = translate_images(gen, direction, input_dir, out, tile=tile, overlap=overlap, split=split, classifier=clf,
-                               preview=preview, run=str(run))
+                               preview=preview, run=str(run), overwrite=overwrite)
         err_console.print(f"translated {doc['n_images']} images ({direction}) to {out / doc['images_dir']} "
                           f"in {doc['timing']['total_seconds']} s; translation.json and preview.png in {out}")
         if "lesion_preservation" in doc:

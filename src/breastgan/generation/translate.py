@@ -81,7 +81,7 @@ def list_inputs(source: Path, split: str | None = None) -> tuple[Path, list[str]
 def write_like(path: Path, pixels: np.ndarray, suffix: str, bit_depth: int) -> None:
     """Write ``pixels`` ([0, 1] float) in the input's format and depth, atomically."""
     suffix = suffix.lower()
-    if suffix == ".npy" or (bit_depth == 32 and suffix == ".npy"):
+    if suffix == ".npy":
         write_image(path, pixels)
         return
     if suffix == ".png" and bit_depth in (8, 16):
@@ -267,11 +267,13 @@ def _preview(rows: list[list[torch.Tensor]], path: Path, height: int = 128) -> N
 
 def translate_images(gen: Any, direction: str, source: str | Path, out: str | Path, *, tile: int | None = None, overlap: int = 0,
                      split: str | None = None, classifier: Classifier | None = None, preview: int = 4,
-                     run: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     run: str | None = None, log: Callable[[str], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Translate every image of ``source`` (folder or prepared set) along ``direction`` into ``out``; returns translation.json."""
     gen.check_direction(direction)
     root, names = list_inputs(Path(source), split)
     out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TranslateError(f"{out}: output folder is not empty; choose another or pass overwrite (--overwrite) to write into it")
     out.mkdir(parents=True, exist_ok=True)
     m = int(gen.size_multiple)
     reverse = REVERSE[direction] if REVERSE[direction] in gen.directions else None

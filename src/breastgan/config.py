@@ -238,6 +238,24 @@ class RunConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_default_loss(cls, data: Any) -> Any:
+        """A recipe may name its own default adversarial loss (CycleGAN/pix2pix: least squares).
+
+        Filled in before validation, so the saved config states it and a resumed run keeps it."""
+        if not isinstance(data, dict) or "loss" in data:
+            return data
+        recipe = data.get("recipe") or {}
+        name = recipe.get("name", "gan") if isinstance(recipe, dict) else getattr(recipe, "component", "gan")
+        from breastgan.components import registry
+
+        try:
+            default = getattr(registry("recipe").entry(name).obj, "default_loss", None)
+        except RegistryError:
+            return data  # the recipe field reports the unknown name
+        return {**data, "loss": {"name": default}} if default else data
+
     @model_validator(mode="after")
     def _combination(self) -> "RunConfig":
         from breastgan.components import registry

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from breastgan.config import ConfigError
@@ -151,24 +152,28 @@ def test_cyclegan_resume_is_exact_including_the_buffer(domains, tmp_path):
 
     straight = train(cfg(6), run_dir=tmp_path / "straight").run_dir
     part = train(cfg(3), run_dir=tmp_path / "part").run_dir
-    state3 = torch.load(part / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=False)
+    state3 = torch.load(part / "checkpoints" / "step_00000003" / "training_state.pt", weights_only=True)
     assert len(state3["recipe"]["pool_a"]["images"]) == 3  # the buffer is full (and used) before the cut
     train(resume=part, overrides=["train.max_steps=6"])
     for name in ("g_ab", "g_ba", "d_a", "d_b"):
         a = load_file(str(straight / "checkpoints" / "step_00000006" / f"{name}.safetensors"))
         b = load_file(str(part / "checkpoints" / "step_00000006" / f"{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    sa = torch.load(straight / "checkpoints" / "step_00000006" / "training_state.pt", weights_only=False)["recipe"]
-    sb = torch.load(part / "checkpoints" / "step_00000006" / "training_state.pt", weights_only=False)["recipe"]
+    sa = torch.load(straight / "checkpoints" / "step_00000006" / "training_state.pt", weights_only=True)["recipe"]
+    sb = torch.load(part / "checkpoints" / "step_00000006" / "training_state.pt", weights_only=True)["recipe"]
     assert torch.equal(sa["pool_a"]["images"], sb["pool_a"]["images"]) and torch.equal(sa["pool_b"]["images"], sb["pool_b"]["images"])
 
 
 def test_config_errors_are_clear(domains, tmp_path):
     _, b_root, _, _ = domains
+    from breastgan.config import RunConfig, load_config
+
     c = cyclegan_cfg(b_root)
     del c["loss"]
-    with pytest.raises(ConfigError, match=r"recipe 'cyclegan' needs an explicit adversarial loss"):
-        train(c, run_dir=tmp_path / "r1")
+    resolved = load_config(c)
+    assert resolved.loss.name == "lsgan"  # the recipe's default, written into the saved config
+    assert RunConfig.model_validate(yaml.safe_load(resolved.to_yaml())).loss.name == "lsgan"
+    assert load_config({"train": {"max_steps": 1}}).loss.name == "nonsaturating"  # the GAN recipe keeps the run-wide default
     c = cyclegan_cfg(b_root)
     c["model"]["generator"] = {"arch": "dcgan"}
     with pytest.raises(ConfigError, match=r"'dcgan' is not an image-to-image translator"):

@@ -15,7 +15,12 @@ def _options_table(title: str, registry) -> "object":
     for entry in registry:
         opts = []
         for fname, field in entry.args_model.model_fields.items():
-            default = field.default if field.default is not None or not field.is_required() else "required"
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = field.default_factory()
+            else:
+                default = field.default
             desc = f" - {field.description}" if field.description else ""
             opts.append(f"{fname}={default!r}{desc}")
         table.add_row(entry.name, entry.summary, "\n".join(opts) or "-")

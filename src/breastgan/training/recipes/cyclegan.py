@@ -15,8 +15,8 @@ One iteration is one step and follows the reference's ``optimize_parameters``:
 2. discriminators (one Adam over both): real vs a history-buffer image (``pool_size`` 50, per-image
    semantics, training/image_pool.py), ``loss_d_a``, ``loss_d_b``.
 
-The loss is ``loss``, which a config must set (``{name: lsgan}`` is the reference's least squares;
-the shipped config uses it; the run-wide default, nonsaturating, is refused). breastgan's ``lsgan`` halves
+The loss is ``loss``; without one the recipe's ``default_loss`` applies (``lsgan``, the reference's least
+squares), written into the saved config so a resume keeps it. breastgan's ``lsgan`` halves
 the G loss (0.5 (D - 1)^2) where the reference does not; ``g_adv_weight`` (default 2 under lsgan)
 makes the sum equal to the reference's. The D loss is halved in both (the reference's 0.5).
 
@@ -99,16 +99,6 @@ def translator_spec(registry_entry_name: str, spec, channels: int, where: str, t
     return spec.component, resolve_args(reg, spec.component, spec.args, {"channels": channels}, where)
 
 
-def explicit_loss(cfg, recipe: str, reference: str) -> str:
-    """The configured adversarial loss; a config without a ``loss`` section is refused rather than given
-    the run-wide default (nonsaturating), which is not what translation recipes are tuned for. The check
-    runs on a fresh config only: a resumed run's saved config always names its loss."""
-    if "loss" not in cfg.model_fields_set:
-        raise ConfigError(f"loss: recipe {recipe!r} needs an explicit adversarial loss, e.g. loss: {{name: {reference}}} "
-                          f"(the reference implementation's); any registered loss works")
-    return cfg.loss.name
-
-
 def translator_size_multiple(arch: str, args: dict[str, Any]) -> int:
     """What side multiple the architecture needs, read from a built instance (U-Net: 2**depth)."""
     with torch.device("meta"):  # no memory, no init: only the attribute is wanted
@@ -138,6 +128,7 @@ class CycleGANArgs(RecipeArgs):
 
 @RECIPES.register("cyclegan", args=CycleGANArgs, summary="CycleGAN: unpaired A<->B translation, 2 translators + 2 PatchGANs, cycle/identity L1, history buffer")
 class CycleGANRecipe(Recipe):
+    default_loss = "lsgan"  # the reference's least squares (config.RunConfig fills it in when no loss is given)
     kind = "translation"
 
     def __init__(self, cfg, args: CycleGANArgs, env):
@@ -152,7 +143,7 @@ class CycleGANRecipe(Recipe):
         m = cfg.model
         self.g_spec = translator_spec("cyclegan", m.generator, ca, "model.generator", True)
         self.d_spec = translator_spec("cyclegan", m.discriminator, ca, "model.discriminator", False)
-        loss_name = self.loss_name = explicit_loss(cfg, "cyclegan", "lsgan")
+        loss_name = self.loss_name = cfg.loss.name
         self.loss: AdversarialLoss = LOSSES.build(loss_name, cfg.loss.args)
         if cfg.loss.terms:
             raise ConfigError("loss.terms: recipe 'cyclegan' sets its terms from recipe.cycle_weight / recipe.identity_weight")

@@ -32,7 +32,7 @@ from breastgan.models.registry import DISCRIMINATORS, GENERATORS
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.augment import random_flips
 from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec
-from breastgan.training.recipes.cyclegan import explicit_loss, init_normal, random_crops, step_lambda, translator_size_multiple, translator_spec
+from breastgan.training.recipes.cyclegan import init_normal, random_crops, step_lambda, translator_size_multiple, translator_spec
 
 
 class Pix2PixArgs(RecipeArgs):
@@ -46,6 +46,7 @@ class Pix2PixArgs(RecipeArgs):
 @RECIPES.register("pix2pix", args=Pix2PixArgs, summary="pix2pix: paired A->B translation, U-Net + conditional PatchGAN, L1 weight 100")
 class Pix2PixRecipe(Recipe):
     kind = "translation"
+    default_loss = "nonsaturating"  # the reference's 'vanilla' GAN loss (BCE with logits)
 
     def __init__(self, cfg, args: Pix2PixArgs, env):
         super().__init__(cfg, args, env)
@@ -66,7 +67,7 @@ class Pix2PixRecipe(Recipe):
         if h % self.size_multiple or w % self.size_multiple:
             raise ConfigError(f"data.source: training images are {h}x{w}, but {self.g_spec[0]} needs sides that are multiples of "
                               f"{self.size_multiple} (set recipe.crop or model.generator.depth)")
-        self.loss_name = explicit_loss(cfg, "pix2pix", "nonsaturating")
+        self.loss_name = cfg.loss.name
         self.loss: AdversarialLoss = LOSSES.build(self.loss_name, cfg.loss.args)
         if cfg.loss.terms:
             raise ConfigError("loss.terms: recipe 'pix2pix' sets its L1 term from recipe.l1_weight")

@@ -466,14 +466,19 @@ def run_audit(generator: Any, train: torch.Tensor, holdout: torch.Tensor, config
     if canaries is not None:
         canaries = _as_images(canaries, "canaries")
         d_can = knn_distances(canaries, fake, k)
-        d_ref = d_cand[n_c:, 0]
+        # blank non-members (background crops) sit at distance ~0 from blank samples: they would hide an exact copy of a
+        # canary, so, as for near-copies, only non-members with content set the reference
+        non_content = ~pool_blank[cand[n_c:]]
+        if not bool(non_content.any()):
+            non_content = torch.ones_like(non_content)
+        d_ref = d_cand[n_c:, 0][non_content]
         near_thr = float(torch.quantile(d_ref.double(), cfg.quantile))
         can_scores = {"distance": -d_can[:, 0], "density": -d_can.mean(1)}
         if "inversion" in scores and G is not None:
             can_scores["inversion"] = -inversion_losses(G, canaries, cfg.inversion, cfg.seed + 5)
         per = []
         for i in range(canaries.shape[0]):
-            exposure = {a: float((scores[a][n_c:] >= can_scores[a][i]).double().mean()) for a in can_scores}
+            exposure = {a: float((scores[a][n_c:][non_content] >= can_scores[a][i]).double().mean()) for a in can_scores}
             near = float(d_can[i, 0]) < near_thr
             hit = near or min(exposure.values()) <= cfg.quantile
             found += int(hit)

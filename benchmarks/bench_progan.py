@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CPU_WIDTHS = [128, 128, 128, 64, 32, 16, 16, 16, 16]
+CPU_WIDTHS = [64, 64, 64, 32, 16, 16, 16, 16, 16]  # configs/progan_mammo_cpu.yaml's
 
 
 def stage_config(stage: int, batch: int, steps: int, widths, device: str, precision: str, root: Path) -> dict:
@@ -148,7 +148,7 @@ def main() -> None:
     if args.stage is not None:
         print(json.dumps(one_stage(args)))
         return
-    batches = {0: 64, 1: 64, 2: 64, 3: 32, 4: 16, 5: 16, 6: 8, 7: 4, 8: 4} if args.device == "cpu" else {0: 128, 1: 128, 2: 128, 3: 64, 4: 32, 5: 16, 6: 16, 7: 8, 8: 8}
+    batches = {0: 16, 1: 16, 2: 16, 3: 16, 4: 8, 5: 8, 6: 8, 7: 4, 8: 4} if args.device == "cpu" else {0: 128, 1: 128, 2: 128, 3: 64, 4: 32, 5: 16, 6: 16, 7: 8, 8: 8}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for precision in args.precisions.split(","):

@@ -117,7 +117,7 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
 
 class ProGANArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image_size: tuple[int, int] | None = Field(None, description="final (H, W); filled from the data")
+    image_size: tuple[int, int] | None = Field(None, description="(H, W) of a size base * 2**k; the recipe checks the data's size with it and records each stage's own size")
     channels: int = Field(1, ge=1)
     num_classes: int = Field(0, ge=0, description="0: unconditional; filled from the data when data.conditional")
     base_size: tuple[int, int] = Field((5, 4), description="(H, W) of the first stage; the final size is base * 2**stages")

@@ -457,13 +457,32 @@ def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _images_per_step(run_dir: Path) -> float | None:
+    """Training images one generator step consumes, as a fraction of the data set (epochs per step), from run.json and config.yaml."""
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        sessions = run.get("sessions") or [{}]
+        batch = sessions[-1].get("effective_batch") or run.get("effective_batch")
+        size = run["dataset"]["size"]
+        return float(batch) * float(cfg["train"]["n_critic"]) / float(size)
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError, yaml.YAMLError):
+        return None  # an old or partial run: fall back to the logged whole epochs
+
+
 def read_curves(out: Path, runs: list[RunSpec], keys: list[str]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
-    """key -> run id -> (epochs, values), from each run's logs/metrics.jsonl (epoch from the nearest logged step)."""
+    """key -> run id -> (epochs, values) from each run's logs/metrics.jsonl.
+
+    The x value is the fractional epoch, step x n_critic x effective batch / data-set size (the loop logs
+    completed epochs only, which is 0 for a whole run shorter than one epoch); else the logged epoch.
+    """
     curves: dict[str, dict[str, tuple[list[float], list[float]]]] = {k: {} for k in keys}
     for r in runs:
-        log = out / "runs" / r.id / "logs" / "metrics.jsonl"
+        run_dir = out / "runs" / r.id
+        log = run_dir / "logs" / "metrics.jsonl"
         if not log.is_file():
             continue
+        per_step = _images_per_step(run_dir)
         epoch_at: dict[int, float] = {}
         records = []
         for line in log.read_text().splitlines():
@@ -476,15 +495,18 @@ def read_curves(out: Path, runs: list[RunSpec], keys: list[str]) -> dict[str, di
                 if isinstance(rec.get("epoch"), (int, float)):
                     epoch_at[int(rec["step"])] = float(rec["epoch"])
         logged = sorted(epoch_at)
-        # a resumed run logs some steps twice: keep the last value per step
         for k in keys:
+            # a resumed run logs some steps twice: keep the last value per step
             by_step = {int(rec["step"]): float(rec[k]) for rec in records if isinstance(rec.get(k), (int, float))}
             if not by_step:
                 continue
             xs, ys = [], []
             for step in sorted(by_step):
-                near = min(logged, key=lambda s: abs(s - step)) if logged else None
-                xs.append(epoch_at[near] if near is not None else float(step))
+                if per_step is not None:
+                    xs.append(step * per_step)
+                else:
+                    near = min(logged, key=lambda s: abs(s - step)) if logged else None
+                    xs.append(epoch_at[near] if near is not None else float(step))
                 ys.append(by_step[step])
             curves[k][r.id] = (xs, ys)
     return curves
@@ -501,6 +523,7 @@ def curves_figure(curves: dict[str, dict[str, tuple[list[float], list[float]]]],
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, k in zip(axes[0], panels):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: the default 10 repeat in a 2 x 5 + 1 study
         for rid, (xs, ys) in sorted(curves[k].items()):
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2, label=rid)
         ax.set_xlabel("epoch")

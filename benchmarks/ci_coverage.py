@@ -5,7 +5,7 @@ feature space. Population values: FID and fid_inf, the closed-form Fréchet dist
 Gaussians; KID, the population MMD^2 of the cubic kernel, from 2 x 10^6 independent pairs per term
 (Monte Carlo standard error printed); PRDC, whose value depends on n by definition, the mean of the
 statistic over 400 fresh draws at the same n ("population value at this n").
-Pixel metrics (SSIM, PSNR real-fake): pairs of phantom sets (two phantom parameter settings); the
+Pixel metrics (SSIM, PSNR real-fake): pairs of phantom sets (BI-RADS-like density levels 2 and 3); the
 population value is the mean over 20,000 random real-fake pairs of large fresh sets.
 
 For each metric and n in --ns: --reps independent draws, each evaluated exactly as ``breastgan
@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from breastgan.evaluation.bootstrap import mean_interval
+from breastgan.evaluation.bootstrap import pair_mean_interval
 from breastgan.evaluation.fid import fid_ci, fid_extrapolation, frechet_distance, frechet_distance_features
 from breastgan.evaluation.kid import kernel_inception_distance, polynomial_kernel
 from breastgan.evaluation.prdc import pairwise_distances, prdc_from_distances
@@ -115,18 +115,19 @@ def feature_coverage(ns: list[int], reps: int, dim: int, seed: int, reps_large: 
             a = np.array(rows, dtype=np.float64)
             out.setdefault(name, {})[n] = {"coverage": float(a[:, 0].mean()), "contains_estimate": float(a[:, 1].mean()),
                                             "median_width": float(np.nanmedian(a[:, 2]))}
-        print(f"n={n}: {n_draws} draws in {dt:.1f} s", flush=True)
+        print(f"n={n}: {n_draws} draws in {dt:.1f} s; " + "; ".join(f"{k} {v[n]['coverage']:.3f} (own {v[n]['contains_estimate']:.2f}, "
+                                                                     f"width {v[n]['median_width']:.3g})" for k, v in out.items()), flush=True)
     return out
 
 
-def pixel_coverage(ns: list[int], reps: int, size: int, seed: int) -> dict[str, dict[int, dict[str, float]]]:
+def pixel_coverage(ns: list[int], reps: int, size: int, seed: int, reps_large: int | None = None) -> dict[str, dict[int, dict[str, float]]]:
     from breastgan.data.phantom import PhantomDataset
     from breastgan.evaluation.ssim import psnr, random_pairs, ssim
 
-    def phantom(n: int, s: int, density: float) -> torch.Tensor:
+    def phantom(n: int, s: int, density: int) -> torch.Tensor:
         return PhantomDataset(n=n, size=size, seed=s, density=density).images
 
-    big_r, big_f = phantom(2000, 10_000, 0.35), phantom(2000, 20_000, 0.55)
+    big_r, big_f = phantom(2000, 10_000, 2), phantom(2000, 20_000, 3)
     i, j = random_pairs(len(big_r), len(big_f), 20_000, seed)
     truth = {"ssim_real_fake": float(torch.cat([ssim(big_r[a], big_f[b]) for a, b in zip(i.split(1000), j.split(1000))]).mean()),
              "psnr_real_fake": float(torch.cat([psnr(big_r[a], big_f[b]) for a, b in zip(i.split(1000), j.split(1000))]).mean())}
@@ -134,19 +135,21 @@ def pixel_coverage(ns: list[int], reps: int, size: int, seed: int) -> dict[str, 
     out: dict[str, dict[int, dict[str, float]]] = {}
     for n in ns:
         rec: dict[str, list[tuple[bool, bool, float]]] = {}
-        for r in range(reps):
-            real, fake = phantom(n, seed + 1000 * n + 2 * r, 0.35), phantom(n, seed + 1000 * n + 2 * r + 1, 0.55)
+        n_draws = min(reps, reps_large) if (reps_large is not None and n >= 1000) else reps
+        for r in range(n_draws):
+            real, fake = phantom(n, seed + 1000 * n + 2 * r, 2), phantom(n, seed + 1000 * n + 2 * r + 1, 3)
             a, b = random_pairs(n, n, 1000, r)
             for name, fn in (("ssim_real_fake", ssim), ("psnr_real_fake", psnr)):
                 v = torch.cat([fn(real[x], fake[y]) for x, y in zip(a.split(500), b.split(500))])
-                iv = mean_interval(v, seed=r)
+                iv = pair_mean_interval(v, a, b, [n, n], seed=r)
                 est = float(v.mean())
                 rec.setdefault(name, []).append((iv.lo <= truth[name] <= iv.hi, iv.lo <= est <= iv.hi, iv.hi - iv.lo))
         for name, rows in rec.items():
             arr = np.array(rows, dtype=np.float64)
             out.setdefault(name, {})[n] = {"coverage": float(arr[:, 0].mean()), "contains_estimate": float(arr[:, 1].mean()),
                                             "median_width": float(np.median(arr[:, 2]))}
-        print(f"phantom n={n}: {reps} draws", flush=True)
+        print(f"phantom n={n}: {n_draws} draws; " + "; ".join(f"{k} {v[n]['coverage']:.3f} (own {v[n]['contains_estimate']:.2f})"
+                                                             for k, v in out.items()), flush=True)
     return out
 
 
@@ -165,7 +168,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = feature_coverage(args.ns, args.reps, args.dim, args.seed, args.reps_large)
     if not args.skip_pixel:
-        res.update(pixel_coverage(args.ns, args.pixel_reps, args.size, args.seed))
+        res.update(pixel_coverage(args.ns, args.pixel_reps, args.size, args.seed, args.reps_large))
     print(f"\nnominal 95% intervals; coverage of the population value over independent draws (dim {args.dim}, {args.reps} draws"
           f" ({args.reps_large or args.reps} at n >= 1000); pixel metrics {args.pixel_reps} draws)")
     print(f"{'metric':16s}" + "".join(f"  n={n:<5d} cover  own  width" for n in args.ns))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import apply_interval, half_sampling_intervals, mean_interval
+from breastgan.evaluation.bootstrap import apply_interval, half_sampling_intervals, pair_mean_interval
 from breastgan.evaluation.context import EvaluationContext, MetricResult, register_metric
 from breastgan.evaluation.ssim import random_pairs
 
@@ -42,7 +42,7 @@ def perceptual_distances(real: torch.Tensor, fake: torch.Tensor, n_pairs: int, s
     i, j = random_pairs(fake.shape[0], fake.shape[0], n_pairs, seed, distinct=True)
     fn = torch.nn.functional.normalize(fake.double(), dim=1)
     ff = (1.0 - (fn[i] * fn[j]).sum(1)).clamp(min=0.0)
-    return {"d_fr": d_fr, "nearest": d_fr.min(1).values, "fake_fake": ff}
+    return {"d_fr": d_fr, "nearest": d_fr.min(1).values, "fake_fake": ff, "pairs": (i, j)}
 
 
 class PerceptualOptions(BaseModel):
@@ -70,4 +70,5 @@ def perceptual_metric(ctx: EvaluationContext, extractor: Any, n_pairs: int, n_bo
                       {**common, "protocol": "each synthetic image vs its nearest real image (fidelity)"}, ff.extractor["input_policy"])
     fk = MetricResult("perceptual_inception_fake_fake", float(d["fake_fake"].mean()), None, {"fake": fake.shape[0], "pairs": len(d["fake_fake"])},
                       None, {**common, "protocol": "random distinct synthetic pairs (diversity; 0 = collapsed)"}, ff.extractor["input_policy"])
-    return [apply_interval(rf, iv_rf), apply_interval(fk, mean_interval(d["fake_fake"], n_boot=max(reps, 0) * 10, seed=ctx.seed, bounds=(0.0, 2.0)))]
+    return [apply_interval(rf, iv_rf), apply_interval(fk, pair_mean_interval(d["fake_fake"], *d["pairs"], [fake.shape[0]], reps, ctx.seed,
+                                                                   same_set=True, bounds=(0.0, 2.0)))]

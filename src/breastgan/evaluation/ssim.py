@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from breastgan.evaluation.bootstrap import apply_interval, mean_interval
+from breastgan.evaluation.bootstrap import apply_interval, mean_interval, pair_mean_interval
 from breastgan.evaluation.context import PIXEL_POLICY, EvaluationContext, MetricResult, register_metric
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -200,7 +200,8 @@ def _pair_metric(ctx: EvaluationContext, name: str, fn: Any, protocol: str, n_pa
     ri, fi = real_fake_pairs(real, fake, protocol, n_pairs, ctx.seed)
     policy = {**PIXEL_POLICY, **policy_extra}
 
-    def summarise(values: torch.Tensor, result_name: str, n: dict[str, int], better: bool | None, details: dict[str, Any]) -> MetricResult:
+    def summarise(values: torch.Tensor, result_name: str, n: dict[str, int], better: bool | None, details: dict[str, Any],
+                  pairs: tuple[torch.Tensor, torch.Tensor, list[int], bool] | None) -> MetricResult:
         warnings = []
         if cap is not None:
             # identical pairs have MSE 0 and PSNR +inf: a mean with one +inf is +inf (written as null) while its
@@ -211,16 +212,19 @@ def _pair_metric(ctx: EvaluationContext, name: str, fn: Any, protocol: str, n_pa
             if n_inf:
                 warnings.append(f"{result_name}: {n_inf} of {len(values)} pairs are pixel-identical (MSE 0, PSNR +inf); counted as {cap:g} dB")
         r = MetricResult(result_name, float(values.mean()), None, n, better, {**details, "std": float(values.std())}, policy, warnings)
-        return apply_interval(r, mean_interval(values, seed=ctx.seed))
+        # random pairs reuse images: the interval resamples images (pair_mean_interval); paired / nearest pairs are one per item
+        iv = (pair_mean_interval(values, pairs[0], pairs[1], pairs[2], seed=ctx.seed, same_set=pairs[3]) if pairs is not None
+              else mean_interval(values, seed=ctx.seed))
+        return apply_interval(r, iv)
 
     values = _batched(fn, real, fake, ri, fi, **kw)
     out = [summarise(values, f"{name}_real_fake", {"real": real.shape[0], "fake": fake.shape[0], "pairs": len(values)}, lower_is_better,
-                     {"protocol": protocol})]
+                     {"protocol": protocol}, (ri, fi, [real.shape[0], fake.shape[0]], False) if protocol == "random" else None)]
     if fake_fake:
         a, b = random_pairs(fake.shape[0], fake.shape[0], n_pairs, ctx.seed + 1, distinct=True)
         ff = _batched(fn, fake, fake, a, b, **kw)
         out.append(summarise(ff, f"{name}_fake_fake", {"fake": fake.shape[0], "pairs": len(ff)}, None,
-                             {"protocol": "random distinct synthetic pairs (diversity)"}))
+                             {"protocol": "random distinct synthetic pairs (diversity)"}, (a, b, [fake.shape[0]], True)))
     return out
 
 

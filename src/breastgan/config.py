@@ -340,6 +340,20 @@ def expand_env(obj: Any) -> Any:
     return obj
 
 
+def read_yaml_mapping(source: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); errors name the file and the problem."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load and validate a run configuration from a YAML path, a dict, or defaults."""
     if isinstance(source, RunConfig):
@@ -353,15 +367,7 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig | None = None, o
         tree = source
     else:
         where = str(source)
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+        tree = read_yaml_mapping(source, "config file")
     tree = apply_overrides(tree, overrides)
     try:
         return RunConfig.model_validate(tree)

@@ -47,7 +47,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from breastgan.config import ConfigError, load_config
+from breastgan.config import ConfigError, load_config, read_yaml_mapping
 from breastgan.utils.atomic import write_json_atomic, write_text_atomic
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -164,14 +164,7 @@ def load_sweep(path: str | Path, *, grid: list[str] | None = None, seeds: list[i
                output: str | Path | None = None, workers: int | None = None) -> tuple[SweepConfig, Path]:
     """A sweep file, or a plain run config turned into a sweep; returns (config, the directory relative paths start from)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    tree = read_yaml_mapping(path, "sweep config")
     if "base" not in tree:  # a run config: sweep over --grid keys
         tree = {"name": str(tree.get("name", path.stem)), "base": str(path.resolve())}
     tree.setdefault("axes", {})

@@ -108,14 +108,10 @@ class ExperimentConfig(_Strict):
 
 def load_experiment_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
     """A YAML path or dict -> validated config; ``overrides``: ``key.sub=value`` (YAML values); $VARS expanded."""
-    from breastgan.config import apply_overrides, expand_env
+    from breastgan.config import apply_overrides, expand_env, read_yaml_mapping
 
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: experiment config not found")
-        raw = yaml.safe_load(path.read_text()) or {}
-        where = str(path)
+        raw, where = read_yaml_mapping(source, "experiment config"), str(source)
     else:
         raw, where = source, "config"
     if not isinstance(raw, dict):

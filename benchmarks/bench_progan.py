@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,14 +118,18 @@ def one_stage(args) -> dict:
     torch.set_num_threads(args.threads)
     widths = None if args.widths == "default" else CPU_WIDTHS
     out = {"stage": args.stage, "size": [5 * 2**args.stage, 4 * 2**args.stage], "batch": args.batch}
-    plain = [plain_loop(args.stage, args.batch, args.steps, widths, args.device, args.precision)]
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = stage_config(args.stage, args.batch, args.steps, widths, args.device, args.precision, Path(tmp))
-        run = breastgan.train(cfg, run_dir=Path(tmp) / "r").run_dir
-        recs = [json.loads(x) for x in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
-        out["breastgan_img_s"] = [r["images_per_s"] for r in recs if "images_per_s" in r][-1]
+    # interleaved repeats (plain, breastgan, plain, ...): on a shared machine the load drifts between runs
+    plain, ours = [], []
+    for rep in range(args.repeats):
+        plain.append(plain_loop(args.stage, args.batch, args.steps, widths, args.device, args.precision))
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = stage_config(args.stage, args.batch, args.steps, widths, args.device, args.precision, Path(tmp))
+            run = breastgan.train(cfg, run_dir=Path(tmp) / "r").run_dir
+            recs = [json.loads(x) for x in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+            ours.append([r["images_per_s"] for r in recs if "images_per_s" in r][-1])
     plain.append(plain_loop(args.stage, args.batch, args.steps, widths, args.device, args.precision))
-    out["plain_img_s"] = sum(plain) / len(plain)
+    out["breastgan_img_s"] = statistics.median(ours)
+    out["plain_img_s"] = statistics.median(plain)
     out["ratio"] = out["breastgan_img_s"] / out["plain_img_s"]
     if args.device == "cuda":
         out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -141,6 +146,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core CPU)")
     ap.add_argument("--widths", default="cpu", choices=["cpu", "default"], help="cpu: the CPU recipe's widths; default: the reference's 512..16")
     ap.add_argument("--precisions", default="fp32", help="comma list; on CUDA e.g. fp32,bf16")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats per stage; medians are reported")
+    ap.add_argument("--stages", default=None, help="comma list of stages (default: 0..--max-stage)")
     ap.add_argument("--stage", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
@@ -152,8 +159,9 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for precision in args.precisions.split(","):
-        for stage in range(args.max_stage + 1):
-            cmd = [sys.executable, __file__, "--stage", str(stage), "--batch", str(batches[stage]), "--steps", str(args.steps),
+        stages = [int(x) for x in args.stages.split(",")] if args.stages else range(args.max_stage + 1)
+        for stage in stages:
+            cmd = [sys.executable, __file__, "--stage", str(stage), "--batch", str(batches[stage]), "--steps", str(args.steps), "--repeats", str(args.repeats),
                    "--device", args.device, "--threads", str(args.threads), "--widths", args.widths, "--precision", precision]
             res = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
             res["precision"] = precision

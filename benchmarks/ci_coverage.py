@@ -25,11 +25,10 @@ import time
 import numpy as np
 import torch
 
-from breastgan.evaluation.bootstrap import pair_mean_interval
+from breastgan.evaluation.bootstrap import half_sampling_ci, half_sampling_intervals, pair_mean_interval
 from breastgan.evaluation.fid import fid_ci, fid_extrapolation, frechet_distance, frechet_distance_features
-from breastgan.evaluation.kid import kernel_inception_distance, polynomial_kernel
+from breastgan.evaluation.kid import kernel_inception_distance
 from breastgan.evaluation.prdc import pairwise_distances, prdc_from_distances
-from breastgan.evaluation.bootstrap import half_sampling_ci, half_sampling_intervals
 
 
 def gaussians(dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -79,6 +79,8 @@ def test_structure_change_grows_modules_and_halves_the_batch(uninterrupted):
     assert set(state["optimizers"]) == {"g", "d_a", "d_b"} and set(state["schedulers"]) == {"g"}
     assert state["schedulers"]["g"]["last_epoch"] == 6 and state["recipe"]["running"].item() != 0
     assert set(state["loop"]["streams"]) == {"a", "b"}
+    assert state["loop"]["images_seen"] == 4 * 8 + 2 * 4  # 4 steps at batch 8, then 2 at batch 4
+    assert read_json(uninterrupted / "summary.json")["images_seen"] == 4 * 8 + 4 * 4
     records = [json.loads(x) for x in (uninterrupted / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_d_a", "loss_d_b", "loss_g", "lr/g"} <= set(records[-1])
 

@@ -103,6 +103,7 @@ class Trainer:
         # state --------------------------------------------------------------------------------
         self.step = 0  # completed steps (GAN: generator updates)
         self.iteration = 0  # train_step calls completed (GAN: discriminator updates)
+        self.images_seen = 0  # primary-stream images over all iterations (the batch may change with the structure)
         self.rollbacks = 0
         self.best: tuple[str, float, int] | None = None
         self.last_checkpoint_step: int | None = None
@@ -246,6 +247,7 @@ class Trainer:
                             env.step, env.iteration = self.step, self.iteration
                             out = self.recipe.train_step(env)
                             self.iteration += 1
+                            self.images_seen += self.primary.plan.global_batch
                             for s in env.streams.values():
                                 s.advance()
                             if out.completed_step:
@@ -434,7 +436,7 @@ class Trainer:
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "rng": env.rng.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "loop": {"step": self.step, "iteration": self.iteration, "rollbacks": self.rollbacks,
+            "loop": {"step": self.step, "iteration": self.iteration, "rollbacks": self.rollbacks, "images_seen": self.images_seen,
                      "streams": {n: s.position() for n, s in env.streams.items()}},
             "recipe": self.recipe.state_dict(),
         }
@@ -502,6 +504,8 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"].cpu())
         loop = st["loop"]
         self.step, self.iteration, self.rollbacks = loop["step"], loop["iteration"], loop["rollbacks"]
+        # checkpoints of breastgan 0.1 had one batch size throughout
+        self.images_seen = loop.get("images_seen", self.iteration * int(payload["meta"].get("effective_batch", self.primary.plan.global_batch)))
         saved_batch = int(payload["meta"].get("effective_batch", 0))
         for name, pos in loop["streams"].items():
             s = env.streams[name]
@@ -517,7 +521,7 @@ class Trainer:
     def _summary(self, stopped_early: bool) -> dict[str, Any]:
         return {
             "step": self.step, "epoch": self.epoch, "iterations": self.iteration, "stopped_early": stopped_early,
-            "images_seen": self.iteration * self.primary.plan.global_batch,
+            "images_seen": self.images_seen,
             "best": {"metric": self.best[0], "value": self.best[1], "step": self.best[2]} if self.best else None,
             "rollbacks": self.rollbacks, "finished": datetime.now(timezone.utc).isoformat(),
             **self.recipe.summary(),

@@ -27,13 +27,17 @@ def test_audit_export_verify_generate_hub(tiny_run, holdout_images, tmp_path):
     assert r.exit_code in (0, 1), r.output
     report = json.loads((tmp_path / "a.json").read_text())
     assert (r.exit_code == 0) == report["passed"] and "mia_auc" in r.output
-    r = runner.invoke(app, ["audit", "--run", str(tiny_run), "--holdout", str(holdout), "-t", "max_mia_auc=0", *fast])
+    # thresholds alone (no membership permutation test): a threshold of 0 must fail the gate
+    uncalibrated = tmp_path / "uncalibrated.yaml"
+    uncalibrated.write_text("n_permutations: 0\n")
+    r = runner.invoke(app, ["audit", "--run", str(tiny_run), "--holdout", str(holdout), "-t", "max_mia_auc=0", "--config", str(uncalibrated), *fast])
     assert r.exit_code == 1 and "FAILED" in r.output
     r = runner.invoke(app, ["audit", "--run", str(tiny_run), "--holdout", str(holdout), "-t", "bogus=1"])
     assert r.exit_code == 2 and "max_mia_auc" in r.output
 
     pkg = tmp_path / "pkg"
-    r = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(pkg), "--holdout", str(holdout), "-t", "max_mia_auc=0", *fast])
+    r = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(pkg), "--holdout", str(holdout), "-t", "max_mia_auc=0",
+                            "--audit-config", str(uncalibrated), *fast])
     assert r.exit_code == 2 and "privacy audit failed" in r.output and not pkg.exists()
     r = runner.invoke(app, ["export", "--run", str(tiny_run), "--out", str(pkg), "--holdout", str(holdout), *fast,
                             "--force", "--reason", "cli test", "--licence", "CC-BY-4.0", "--name", "cli-model"])

@@ -57,8 +57,9 @@ def test_failed_gate_writes_nothing(tiny_run, holdout_images, tmp_path):
 
     out = tmp_path / "never"
     with pytest.raises(PrivacyGateError, match="max_mia_auc|must be"):
+        # thresholds alone decide (n_permutations 0): a threshold of 0 fails any generator
         export_package(tiny_run, out, holdout=holdout_images, audit={"n_samples": 50, "n_boot": 0, "inversion": {"enabled": False},
-                                                                     "thresholds": {"max_mia_auc": 0.0}})
+                                                                     "n_permutations": 0, "thresholds": {"max_mia_auc": 0.0}})
     assert not out.exists() and not [p for p in tmp_path.iterdir()]
     with pytest.raises(PrivacyGateError, match="held-out"):
         export_package(tiny_run, out)  # no audit data and no override

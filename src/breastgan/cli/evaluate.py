@@ -85,9 +85,9 @@ def evaluate_command(
     console = Console()
     console.print(table)
     for name, reason in summary["skipped"].items():
-        console.print(f"[yellow]skipped {name}[/yellow]: {reason}")
+        console.print(f"skipped {name}: {reason}", markup=False, highlight=False)  # reasons hold paths: never markup
     for w in summary["warnings"]:
-        console.print(f"[yellow]warning[/yellow]: {w}")
+        console.print(f"warning: {w}", markup=False, highlight=False)
 
 
 def _compare(evaluations: list[Path], out: Optional[Path], force: bool) -> None:

@@ -264,3 +264,24 @@ def test_a_utility_runs_classifier_loads_and_reproduces_its_predictions(tmp_path
     assert torch.allclose(p, torch.tensor([q for _, q in known]), atol=1e-5)
     with pytest.raises(TranslateError, match="no best.safetensors"):
         load_utility_classifier(tmp_path)
+
+
+def test_evaluate_reports_lesion_preservation_of_a_translate_output(tmp_path):
+    """`evaluate --classifier` on a translate output: the same flip fraction translate recorded, in metrics.json and the report."""
+    from breastgan.data.phantom import PhantomDataset
+    from breastgan.evaluation import evaluate
+
+    clf = train_classifier(PhantomDataset(n=64, size=32, seed=2), image_size=32, epochs=1, seed=0)
+    (tmp_path / "in").mkdir()
+    ds = PhantomDataset(n=6, size=32, seed=3)
+    for i in range(6):
+        write_image(tmp_path / "in" / f"{i}.png", ds.images[i, 0].numpy())
+    inverted = type("Invert", (Identity,), {"forward": lambda self, x: -x})()
+    doc = translate_images(translator(inverted), "a2b", tmp_path / "in", tmp_path / "o", classifier=clf)
+    summary = evaluate(tmp_path / "in", tmp_path / "o" / "images", metrics=["psnr"], out_dir=tmp_path / "eval", classifier=clf, n_boot=0)
+    got, want = summary["lesion_preservation"], doc["lesion_preservation"]
+    assert got["n"] == 6 and got["flip_fraction"] == pytest.approx(want["flip_fraction"])
+    assert got["mean_abs_change_p_lesion"] == pytest.approx(want["mean_abs_change_p_lesion"], abs=1e-6)
+    assert "Lesion preservation" in (tmp_path / "eval" / "report.html").read_text()
+    with pytest.raises(ValueError, match="not the output of `breastgan translate`"):
+        evaluate(tmp_path / "in", tmp_path / "in", metrics=["psnr"], classifier=clf, n_boot=0)

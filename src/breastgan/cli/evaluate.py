@@ -47,6 +47,7 @@ def evaluate_command(
     n_boot: int = typer.Option(200, "--n-boot", min=0, help="bootstrap replicates for confidence intervals"),
     no_report: bool = typer.Option(False, "--no-report", help="write metrics.json only"),
     list_metrics: bool = typer.Option(False, "--list", help="list metrics and extractors, then exit"),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="a breastgan utility run: lesion-preservation check of a `breastgan translate` output given as --fake"),
 ) -> None:
     """Evaluate synthetic images against real ones: FID/KID, PRDC, SWD, SSIM family, LPIPS, memorisation, with CIs."""
     from breastgan.evaluation import EXTRACTORS, METRICS, evaluate
@@ -71,7 +72,8 @@ def evaluate_command(
         ext = {"name": "torchscript", "path": extractor} if extractor.endswith((".pt", ".pth", ".ts")) else extractor
     count = n if n is not None else (5000 if is_run_or_package(fake) else None)
     summary = evaluate(real, fake, n=count, metrics=names, out_dir=out, train=train, heldout=heldout, options=_parse_options(option),
-                       extractor=ext, cache_dir=False if no_cache else (cache_dir or True), seed=seed, n_boot=n_boot, report=not no_report)
+                       extractor=ext, cache_dir=False if no_cache else (cache_dir or True), seed=seed, n_boot=n_boot, report=not no_report,
+                       classifier=classifier)
     from rich.console import Console
     from rich.table import Table
 

@@ -60,6 +60,7 @@ def evaluate(
     n_boot: int = 200,
     report: bool = True,
     run_dir: str | Path | None = None,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``fake`` against ``real``; returns the metrics.json content (and writes it under ``out_dir``).
 
@@ -109,6 +110,13 @@ def evaluate(
                            if (role in ("real", "fake") or getattr(ctx, role) is not None)
                            for w in ctx.source(role).conversion_warnings(role)]
     advice = _small_n_advice(all_results)
+    lesion = None
+    if classifier is not None:
+        from breastgan.evaluation.lesion import lesion_check
+
+        t0 = time.perf_counter()
+        lesion = lesion_check(fake, classifier)
+        timings["lesion_preservation"] = round(time.perf_counter() - t0, 3)
     timings["total"] = round(time.perf_counter() - t_start, 3)
 
     extractor_desc = None
@@ -128,6 +136,7 @@ def evaluate(
         "skipped": skipped,
         "warnings": conversion_warnings + sorted({w for r in all_results for w in r.warnings}) + advice,
         "conversions": conversion_warnings,
+        **({"lesion_preservation": lesion} if lesion is not None else {}),
         "timings_s": timings,
     })
     if out_dir is not None:

@@ -187,6 +187,17 @@ def build_report(summary: dict[str, Any], ctx: EvaluationContext, run_dir: Path 
     if summary.get("skipped"):
         parts.append("<h3>Skipped</h3><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in summary["skipped"].items()) + "</ul>")
 
+    lesion = summary.get("lesion_preservation")
+    if lesion:
+        parts.append("<h2>Lesion preservation</h2><p>Each input and its translation through the same lesion/healthy classifier "
+                     f"(<code>{e(json.dumps(lesion.get('classifier'), default=str))}</code>), direction {e(str(lesion.get('direction')))}.</p>"
+                     "<table><tr><th>images</th><th>class flips</th><th>lesion &rarr; healthy</th><th>healthy &rarr; lesion</th>"
+                     "<th>mean |&Delta; P(lesion)|</th><th>mean P(lesion) before / after</th></tr>"
+                     f"<tr><td class='num'>{lesion['n']}</td><td class='num'>{_fmt(lesion['flip_fraction'])}</td>"
+                     f"<td class='num'>{lesion['flips_lesion_to_healthy']}</td><td class='num'>{lesion['flips_healthy_to_lesion']}</td>"
+                     f"<td class='num'>{_fmt(lesion['mean_abs_change_p_lesion'])}</td>"
+                     f"<td class='num'>{_fmt(lesion['mean_p_lesion_before'])} / {_fmt(lesion['mean_p_lesion_after'])}</td></tr></table>")
+
     parts.append("<h2>Samples</h2><div class='grid'>")
     for role, label in (("real", "real"), ("fake", "synthetic")):
         imgs = _preview(ctx, role, grid_images)

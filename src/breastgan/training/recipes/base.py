@@ -183,3 +183,25 @@ class Recipe(ABC):
     def arch_args(self) -> dict[str, tuple[str, dict[str, Any]]]:
         """Module name -> (architecture key, validated args), recorded in run.json and the model file."""
         return {}
+
+
+class GeneratorDiscriminatorPair:
+    """Declarations shared by recipes that train one ``generator`` against one ``discriminator``:
+    an EMA copy of the generator (``train.ema.decay``), both DDP-wrapped, one Adam each
+    (``optim.lr_g`` / ``lr_d``, ``optim.betas``). Mix in before :class:`Recipe`."""
+
+    cfg: Any
+
+    def ema_modules(self) -> dict[str, float]:
+        return {"generator": self.cfg.train.ema.decay}
+
+    def ddp_modules(self) -> list[str]:
+        return ["generator", "discriminator"]
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        o = self.cfg.optim
+
+        def adam(lr: float):
+            return lambda params: torch.optim.Adam(params, lr=lr, betas=o.betas)
+
+        return {"generator": OptimizerSpec(("generator",), adam(o.lr_g)), "discriminator": OptimizerSpec(("discriminator",), adam(o.lr_d))}

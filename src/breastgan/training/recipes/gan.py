@@ -25,7 +25,7 @@ from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.registry import NoArgs
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.augment import DiffAugment, random_flips
-from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, StepOutput, StreamSpec
+from breastgan.training.recipes.base import RECIPES, GeneratorDiscriminatorPair, Recipe, StepOutput, StreamSpec
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 @RECIPES.register("gan", args=NoArgs, summary="one generator vs one discriminator (DCGAN, WGAN-GP, conditional, LSGAN, hinge; DP-SGD D)")
-class GANRecipe(Recipe):
+class GANRecipe(GeneratorDiscriminatorPair, Recipe):
     kind = "noise"
 
     def __init__(self, cfg, args, env):
@@ -66,20 +66,6 @@ class GANRecipe(Recipe):
 
     def arch_args(self):
         return {"generator": self.g_spec, "discriminator": self.d_spec}
-
-    def ema_modules(self) -> dict[str, float]:
-        return {"generator": self.cfg.train.ema.decay}
-
-    def ddp_modules(self) -> list[str]:
-        return ["generator", "discriminator"]
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        o = self.cfg.optim
-
-        def adam(lr: float):
-            return lambda params: torch.optim.Adam(params, lr=lr, betas=o.betas)
-
-        return {"generator": OptimizerSpec(("generator",), adam(o.lr_g)), "discriminator": OptimizerSpec(("discriminator",), adam(o.lr_d))}
 
     def streams(self) -> dict[str, StreamSpec]:
         return {"real": StreamSpec(self.dataset, self.cfg.train.batch_size)}

@@ -44,7 +44,7 @@ from breastgan.models.progan import num_stages, stage_size, upsample
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.augment import random_flips
-from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, StepOutput, StreamSpec
+from breastgan.training.recipes.base import RECIPES, GeneratorDiscriminatorPair, Recipe, RecipeArgs, StepOutput, StreamSpec
 
 
 class ProGANRecipeArgs(RecipeArgs):
@@ -103,7 +103,7 @@ class Schedule:
 
 
 @RECIPES.register("progan", args=ProGANRecipeArgs, summary="progressive GAN: 5x4 base doubling to the data size, fade-in of G, D and reals, WGAN-GP + drift, optional view head")
-class ProGANRecipe(Recipe):
+class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
     kind = "noise"
 
     def __init__(self, cfg, args: ProGANRecipeArgs, env):
@@ -197,20 +197,6 @@ class ProGANRecipe(Recipe):
     def build_modules(self) -> dict[str, nn.Module]:
         a = self.arch_args()
         return {"generator": GENERATORS.get("progan")(**a["generator"][1]), "discriminator": DISCRIMINATORS.get("progan")(**a["discriminator"][1])}
-
-    def ema_modules(self) -> dict[str, float]:
-        return {"generator": self.cfg.train.ema.decay}
-
-    def ddp_modules(self) -> list[str]:
-        return ["generator", "discriminator"]
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        o = self.cfg.optim
-
-        def adam(lr: float):
-            return lambda params: torch.optim.Adam(params, lr=lr, betas=o.betas, eps=1e-8)
-
-        return {"generator": OptimizerSpec(("generator",), adam(o.lr_g)), "discriminator": OptimizerSpec(("discriminator",), adam(o.lr_d))}
 
     def streams(self) -> dict[str, StreamSpec]:
         return {"real": StreamSpec(self.dataset, self.batch_size())}

@@ -133,6 +133,23 @@ def build_term(spec: dict[str, Any], where: str) -> LossTerm:
     return entry.obj(**entry.validate_args(spec, where).model_dump())
 
 
+def draw_terms(terms: list[LossTerm], phase: Phase, env: Any) -> list[Any]:
+    """Each term's random draws for ``phase`` (None for the other phase's terms), in term order."""
+    return [t.draw(env) if t.phase == phase else None for t in terms]
+
+
+def add_terms(terms: list[LossTerm], phase: Phase, loss: torch.Tensor, inputs: TermInputs, draws: list[Any] | None,
+              out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``loss + sum(weight * value)`` over ``phase``'s terms, added in order; each value logged in ``out`` under its name."""
+    for term, d in zip(terms, draws if draws is not None else [None] * len(terms)):
+        if term.phase != phase:
+            continue
+        value = term(inputs, d)
+        loss = loss + term.weight * value
+        out[term.log_name] = value.detach()
+    return loss
+
+
 def terms_from_loss(loss: Any, extra: list[dict[str, Any]] | None = None) -> list[LossTerm]:
     """The terms a run uses: those implied by the adversarial loss's options, then the configured ones.
 

@@ -26,6 +26,8 @@ resumed run never reads the weight file again and a changed file cannot silently
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -46,7 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras `preprocess_input(mode="caffe")`, BGR order
 
 
-class FrozenBackbone(nn.Module):
+class FrozenBackbone(nn.Module, ABC):
     """A frozen feature network; ``forward(x in [-1, 1], (N, 1|3, H, W))`` -> list of feature maps, shallow first."""
 
     #: channels and stride (input pixels per feature pixel) of each returned level
@@ -68,11 +70,13 @@ class FrozenBackbone(nn.Module):
         x = (x + 1) / 2
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - every backbone defines it
-        raise NotImplementedError
+    @abstractmethod
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] grey or RGB input -> what the pretrained network expects (channels, range, normalisation)."""
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The branch's feature maps (the last one is what the discriminator flattens)."""
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.features(self.prepare(x))

@@ -190,9 +190,7 @@ class Trainer:
         env.scalers = {name: torch.amp.GradScaler("cuda", enabled=env.amp_dtype == torch.float16) for name in env.optimizers}
         for m in env.train_modules.values():
             m.train()
-        hook = getattr(self.recipe, "on_built", None)
-        if hook is not None:
-            hook(env)
+        self.recipe.on_built(env)
 
     def _build_evaluators(self) -> list[tuple[Any, Any]]:
         out = []
@@ -323,10 +321,7 @@ class Trainer:
             save_weights(self.run_dir / SNAPSHOTS / f"epoch_{p.epoch:06d}.safetensors", model, {"epoch": str(p.epoch), "step": str(self.step)})
 
     def _write_records(self, force: bool = False) -> None:
-        records = getattr(self.recipe, "records", None)
-        if records is None:
-            return
-        for name, content in records(force).items():
+        for name, content in self.recipe.records(force).items():
             if self.ctx.is_main:
                 write_json_atomic(self.run_dir / name, content)
 
@@ -458,7 +453,7 @@ class Trainer:
             if info is None:
                 raise FileNotFoundError(f"{self.run_dir}: checkpoint for step {step} disappeared")
             payload = read_checkpoint(info)
-            names = getattr(self.recipe, "record_names", lambda: [])()
+            names = self.recipe.record_names()
             payload["records"] = {n: json.loads((self.run_dir / n).read_text()) for n in names if (self.run_dir / n).is_file()}
         return self.ctx.broadcast_object(payload, what=f"checkpoint step {step}")
 

@@ -156,8 +156,21 @@ class Recipe(ABC):
         if state:
             raise ValueError(f"recipe {type(self).__name__} keeps no state, but the checkpoint has {sorted(state)}")
 
-    def on_restore(self, where: Any) -> None:
-        """Called after the loop restored modules, optimisers and state from checkpoint ``where``."""
+    def on_restore(self, records: dict[str, Any]) -> None:
+        """Called after the loop restored modules, optimisers and state; ``records``: the files of
+        :meth:`record_names` as they were on disk, plus ``__checkpoint__`` (the checkpoint's path)."""
+
+    def on_built(self, env: "StepEnv") -> None:
+        """Called after the loop built modules, optimisers and DDP wrappers (initially and after a structure change)."""
+
+    def records(self, force: bool = False) -> dict[str, Any]:
+        """Small JSON records the loop writes now to ``<run>/<name>`` (rank 0), e.g. a privacy ledger;
+        ``force`` at checkpoints. Default: none."""
+        return {}
+
+    def record_names(self) -> list[str]:
+        """The record files to read back and pass to :meth:`on_restore`."""
+        return []
 
     # -- outputs ---------------------------------------------------------------------------------
     @abstractmethod

@@ -234,13 +234,9 @@ class CycleGANRecipe(Recipe):
                 extra.update(identity_ab=G_ab(real_b), target_real_ab=real_b, identity_ba=G_ba(real_a), target_real_ba=real_a)
         loss_g = self.g_adv * (adv_ab + adv_ba)
         out["loss_g_ab"], out["loss_g_ba"] = adv_ab.detach(), adv_ba.detach()
-        from breastgan.losses import TermInputs
+        from breastgan.losses import TermInputs, add_terms
 
-        inputs = TermInputs(extra=extra)
-        for term in (*self.cycle_terms, *self.identity_terms):
-            value = term(inputs, None)
-            loss_g = loss_g + term.weight * value
-            out[term.log_name] = value.detach()
+        loss_g = add_terms([*self.cycle_terms, *self.identity_terms], "generator", loss_g, TermInputs(extra=extra), None, out)
         out["loss_g"] = loss_g.detach()
         env.check_finite(loss_g, "generator loss")
         env.step_optimizer("g", loss_g)

@@ -20,7 +20,7 @@ from torch import nn
 
 from breastgan.config import ConfigError
 from breastgan.data.base import build_dataset
-from breastgan.losses import LOSSES, AdversarialLoss, TermInputs, terms_from_loss
+from breastgan.losses import LOSSES, AdversarialLoss, TermInputs, add_terms, draw_terms, terms_from_loss
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.registry import NoArgs
 from breastgan.run_dir import ComponentSpec, ModelFile
@@ -92,16 +92,10 @@ class GANRecipe(GeneratorDiscriminatorPair, Recipe):
         return self.env.rand(n, DiffAugment.N_RANDOM) if self.diffaug is not None else None
 
     def add_terms(self, phase: str, loss: torch.Tensor, inputs: TermInputs, draws: list, out: dict) -> torch.Tensor:
-        for term, d in zip(self.terms, draws):
-            if term.phase != phase:
-                continue
-            value = term(inputs, d)
-            loss = loss + term.weight * value
-            out[term.log_name] = value.detach()
-        return loss
+        return add_terms(self.terms, phase, loss, inputs, draws, out)
 
     def draw_terms(self, phase: str) -> list:
-        return [t.draw(self.env) if t.phase == phase else None for t in self.terms]
+        return draw_terms(self.terms, phase, self.env)
 
     # -- the step -----------------------------------------------------------------------------------
     def train_step(self, env) -> StepOutput:

@@ -39,7 +39,7 @@ from torch import nn
 
 from breastgan.config import ConfigError
 from breastgan.data.base import build_dataset
-from breastgan.losses import LOSSES, AdversarialLoss, TermInputs, terms_from_loss
+from breastgan.losses import LOSSES, AdversarialLoss, TermInputs, add_terms, draw_terms, terms_from_loss
 from breastgan.models.progan import num_stages, stage_size, upsample
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.run_dir import ComponentSpec, ModelFile
@@ -254,14 +254,6 @@ class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
     def labels(self, labels_global: torch.Tensor) -> torch.Tensor | None:
         return self.env.local(labels_global) if self.num_classes else None
 
-    def _terms(self, phase: str, loss: torch.Tensor, inputs: TermInputs, draws: list, out: dict) -> torch.Tensor:
-        for term, d in zip(self.terms, draws):
-            if term.phase == phase:
-                value = term(inputs, d)
-                loss = loss + term.weight * value
-                out[term.log_name] = value.detach()
-        return loss
-
     def d_step(self, env, alpha: float) -> dict[str, torch.Tensor]:
         B = env.global_batch
         batch = env.batch()
@@ -270,7 +262,7 @@ class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
         real = env.to_device(self.real_at_stage(images, alpha) * 2 - 1)
         labels = self.labels(batch.labels_global)
         z = env.local(env.randn(B, self.g_args["latent_dim"]))
-        draws = [t.draw(env) if t.phase == "discriminator" else None for t in self.terms]
+        draws = draw_terms(self.terms, "discriminator", env)
         G, D = env.module("generator"), env.train_module("discriminator")
         env.set_trainable("discriminator", True)
         with torch.no_grad(), env.autocast():
@@ -290,7 +282,7 @@ class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
             out["aux_ce_fake"] = F.cross_entropy(aux_fake.detach().float(), labels)
         inputs = TermInputs(real=real, fake=fake, d_real=d_real, d_fake=d_fake, labels=labels, labels_fake=labels,
                             aux_real=aux_real, aux_fake=aux_fake, critic=lambda x, y: D(x, y))
-        loss = self._terms("discriminator", loss, inputs, draws, out)
+        loss = add_terms(self.terms, "discriminator", loss, inputs, draws, out)
         env.check_finite(loss, "discriminator loss")
         env.step_optimizer("discriminator", loss)
         self.last_labels_global = batch.labels_global
@@ -300,7 +292,7 @@ class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
         B = env.global_batch
         labels = self.labels(self.last_labels_global)
         z = env.local(env.randn(B, self.g_args["latent_dim"]))
-        draws = [t.draw(env) if t.phase == "generator" else None for t in self.terms]
+        draws = draw_terms(self.terms, "generator", env)
         D = env.module("discriminator")  # plain module: frozen here, an unused DDP forward would stall its reducer
         env.set_trainable("discriminator", False)
         out: dict[str, torch.Tensor] = {}
@@ -312,7 +304,7 @@ class ProGANRecipe(GeneratorDiscriminatorPair, Recipe):
                 scores, aux = D(fake, labels), None
             loss = self.loss.generator_loss(scores.float())
         out["loss_g"] = loss.detach()
-        loss = self._terms("generator", loss, TermInputs(fake=fake, d_fake=scores, labels=labels, labels_fake=labels, aux_fake=aux), draws, out)
+        loss = add_terms(self.terms, "generator", loss, TermInputs(fake=fake, d_fake=scores, labels=labels, labels_fake=labels, aux_fake=aux), draws, out)
         env.check_finite(loss, "generator loss")
         env.step_optimizer("generator", loss)
         env.set_trainable("discriminator", True)

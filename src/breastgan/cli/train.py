@@ -16,6 +16,10 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: --set train.max_steps=500 --set loss.name=hinge (repeatable)."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory from its latest checkpoint (exact continuation)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run here instead of <output_dir>/<name>-<timestamp>."),
+        sites: Optional[str] = typer.Option(None, "--sites", help="dm-GAN across sites: host:port where this coordinator hosts the rendezvous "
+                                            "(each site runs `breastgan site`); sets recipe.sites.address."),
+        num_sites: Optional[int] = typer.Option(None, "--num-sites", min=1, help="How many sites join (recipe.sites.num_sites); with --sites."),
+        sites_mode: Optional[str] = typer.Option(None, "--sites-mode", help="sync (every site, every step) or async (answers by the deadline)."),
     ) -> None:
         """Train a GAN and write a run directory (config, checkpoints, sample grids, logs).
 
@@ -25,6 +29,11 @@ def register(app: typer.Typer) -> None:
 
         if resume is not None and config is not None:
             raise typer.BadParameter("use either --config (new run) or --resume (existing run), not both")
+        if (sites is None) != (num_sites is None) or (sites_mode is not None and sites is None):
+            raise typer.BadParameter("--sites and --num-sites go together (and --sites-mode needs them)")
+        if sites is not None:
+            set_ = [*set_, f"recipe.sites.address={sites}", f"recipe.sites.num_sites={num_sites}",
+                    *([f"recipe.sites.mode={sites_mode}"] if sites_mode else [])]
         result = train_api(config, overrides=set_, run_dir=run_dir, resume=resume)
         err_console.print(f"run directory: {result.run_dir}  (step {result.step}, epoch {result.epoch}{', stopped early' if result.stopped_early else ''})",
                           markup=False, highlight=False)

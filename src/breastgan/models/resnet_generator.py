@@ -43,6 +43,8 @@ def check_multiple(x: torch.Tensor, multiple: int, arch: str) -> None:
 class ResnetGeneratorArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     channels: int = Field(1, ge=1, le=4, description="image channels in and out (1: grey)")
+    in_channels: int | None = Field(None, ge=1, le=4096, description="input channels when they differ from the output's "
+                                    "(dm-GAN's G2 fed with G1's features); default: channels")
     ngf: int = Field(64, ge=1, le=1024, description="filters of the first conv layer")
     n_blocks: int = Field(9, ge=0, le=32, description="residual blocks (reference: 9 at 256 px, 6 at 128 px)")
     norm: TranslatorNorm = Field("instance", description="instance (reference), batch or none")
@@ -69,11 +71,13 @@ class ResnetBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     size_multiple = 4  # two stride-2 convs, undone exactly by two transposed convs
 
-    def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9, norm: str = "instance", dropout: float = 0.0):
+    def __init__(self, channels: int = 1, ngf: int = 64, n_blocks: int = 9, norm: str = "instance", dropout: float = 0.0,
+                 in_channels: int | None = None):
         super().__init__()
         self.channels = channels
+        self.in_channels = in_channels or channels
         bias = norm != "batch"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7, bias=bias), translator_norm(norm, ngf), nn.ReLU(True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(self.in_channels, ngf, 7, bias=bias), translator_norm(norm, ngf), nn.ReLU(True)]
         w = ngf
         for _ in range(2):
             layers += [nn.Conv2d(w, w * 2, 3, stride=2, padding=1, bias=bias), translator_norm(norm, w * 2), nn.ReLU(True)]

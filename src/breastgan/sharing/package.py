@@ -347,6 +347,19 @@ def _kind_fields(gen: LoadedModel, model_file: Any, dataset: Any, n_per_seed: in
     return {"components": components, **fields}, tensors, n_per_seed
 
 
+def refuse_individual_fits(gen: LoadedModel, where: Any) -> None:
+    """A component that keeps tensors fitted to individual training images (dm-GAN's 'interpolate' rule keeps
+    every patient's code set) would ship those images' reconstructions: no audit threshold makes that safe."""
+    for role, mods in gen.modules.items():
+        for m in mods:
+            fits = list(getattr(m, "individual_fits", []) or [])
+            if fits:
+                raise PackageError(f"{where}: component {role!r} holds {fits}, tensors fitted to individual training images "
+                                   f"(a reconstruction of each patient's image); export refuses them. Retrain with a sampling rule "
+                                   f"that keeps only aggregate statistics (dm-GAN: recipe.sampling alpha_gaussian), which the privacy "
+                                   f"audit then checks like any trained weight")
+
+
 def export_package(
     run: str | Path,
     out: str | Path,
@@ -397,6 +410,7 @@ def export_package(
     ckpt = find_checkpoint(run, checkpoint)
     model_file = checkpoint_model_file(ckpt, run)  # what this checkpoint's weights are
     gen = load_generator(ckpt.path, ema=True)
+    refuse_individual_fits(gen, ckpt.path)
     if onnx and gen.kind != "noise":
         raise PackageError(f"ONNX export maps latents to images (kind 'noise'); this run's kind is {gen.kind!r}")
     dataset = run_training_images(run) if train is None else None

@@ -80,6 +80,7 @@ class StepEnv:
         self.streams: dict[str, Stream] = {}
         self._trainable: dict[str, list[nn.Parameter]] = {}
         self._groups: dict[tuple[int, ...], Any] = {}
+        self.run_dir: Any = None  # the run directory (set by the loop; recipes never write into it themselves)
         # read-only progress, kept current by the loop
         self.step = 0
         self.iteration = 0

@@ -51,6 +51,8 @@ from breastgan.utils.images import save_grid
 RESUMABLE_OVERRIDES = (
     "train.max_steps", "train.epochs", "train.log_every", "train.sample_every", "train.checkpoint_every",
     "train.keep_last", "train.progress", "train.device", "train.nonfinite", "train.max_rollbacks",
+    # dm-GAN across sites: where the rendezvous is and how long to wait can change between sessions
+    "recipe.sites.address", "recipe.sites.mode", "recipe.sites.deadline_s", "recipe.sites.timeout_s", "recipe.sites.join_timeout_s",
 )
 
 
@@ -97,6 +99,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
 
         self.env = StepEnv(ctx, t.seed, amp_dtype, t.channels_last)
+        self.env.run_dir = self.run_dir  # read-only: a recipe's transport may keep its own ledger there (dm-GAN sites)
         entry = RECIPES.entry(config.recipe.component)
         self.recipe: Recipe = entry.obj(config, config.recipe.validated_args(), self.env)
 
@@ -308,6 +311,7 @@ class Trainer:
             self.ctx.barrier("end of training")
         finally:
             logger.close()
+            self.recipe.on_finish()
         return RunResult(self.run_dir, self.step, self.epoch, stopped_early, summary, getattr(self, "stop_signal", None))
 
     def _end_epoch(self) -> None:

@@ -163,6 +163,9 @@ class Recipe(ABC):
     def on_built(self, env: "StepEnv") -> None:
         """Called after the loop built modules, optimisers and DDP wrappers (initially and after a structure change)."""
 
+    def on_finish(self) -> None:
+        """Called once when the loop stops, normally or not (e.g. to release remote peers)."""
+
     def records(self, force: bool = False) -> dict[str, Any]:
         """Small JSON records the loop writes now to ``<run>/<name>`` (rank 0), e.g. a privacy ledger;
         ``force`` at checkpoints. Default: none."""

@@ -25,10 +25,15 @@ Codes fitted to patient images reproduce them: they are patient data.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from breastgan.models.multicode import MultiCodeGenerator
@@ -175,4 +180,124 @@ def _describe(perceptual: Any) -> Any:
     return describe() if callable(describe) else type(perceptual).__name__
 
 
-__all__ = ["INVERSION_OPTIMIZERS", "MultiCodeFit", "invert_multicode", "psnr_db"]
+
+# -- the command's API (``breastgan invert``) ---------------------------------------------------------
+RECONSTRUCTIONS_DIR = "reconstructions"
+SUMMARY = "summary.json"
+COMMAND = "breastgan invert"
+PATIENT_DATA_WARNING = ("these codes were fitted to the input images and reconstruct them: codes fitted to patient images "
+                        "are patient data (share them only as the images themselves may be shared)")
+
+
+class InversionOutputError(ValueError):
+    """An input or output folder ``breastgan invert`` cannot use; the message names it and says why."""
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    from breastgan import __version__
+
+    return {"breastgan": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def check_invert_output(out: str | Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``, and even then anything but an earlier invert's output (never deletes foreign files)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InversionOutputError(f"{out}: exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise InversionOutputError(f"{out}: output folder is not empty; give an empty or new folder, or --overwrite to replace an earlier invert's output")
+    try:
+        doc = json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("command") != COMMAND:
+        raise InversionOutputError(f"{out}: --overwrite replaces only an earlier '{COMMAND}' output (a folder with its {SUMMARY}); "
+                                   "this folder holds something else. Nothing was removed")
+
+
+def read_grey_images(source: str | Path, image_size: tuple[int, int], split: str | None = None) -> tuple[list[str], torch.Tensor]:
+    """(relative names, (M, 1, H, W) in [0, 1]) of a folder or prepared set whose images are all ``image_size`` (never resized)."""
+    from breastgan.data.io import ImageReadError, read_image
+    from breastgan.generation.translate import list_inputs
+
+    root, names = list_inputs(Path(source), split)
+    images = []
+    for name in names:
+        try:
+            dec = read_image(root / name, rgb_policy="error")
+        except ImageReadError as exc:
+            raise InversionOutputError(f"{exc} (invert takes grey images only)") from None
+        if tuple(dec.pixels.shape) != tuple(image_size):
+            h, w = dec.pixels.shape
+            raise InversionOutputError(f"{root / name}: image is {h}x{w}, the generator makes {image_size[0]}x{image_size[1]} images; "
+                                       "invert never resizes: prepare the images at the generator's size")
+        images.append(torch.from_numpy(dec.pixels.copy())[None])
+    return names, torch.stack(images).float()
+
+
+def reconstruction_names(names: list[str]) -> list[str]:
+    """``reconstructions/<relative name>.png`` of each input; two inputs mapping to one PNG are an error."""
+    out = [str(PurePosixPath(RECONSTRUCTIONS_DIR) / PurePosixPath(n).with_suffix(".png")) for n in names]
+    seen: dict[str, str] = {}
+    for n, o in zip(names, out):
+        if o in seen:
+            raise InversionOutputError(f"inputs {seen[o]!r} and {n!r} would both be written to {o}; rename one of them")
+        seen[o] = n
+    return out
+
+
+@torch.no_grad()
+def render01(g1: MultiCodeGenerator, codes: torch.Tensor, alphas: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """(M, C, H, W) images in [0, 1] of fitted codes and alphas."""
+    outs = [((g1(codes[i : i + batch_size].to(g1.device), alphas[i : i + batch_size].to(g1.device)).float().clamp(-1, 1) + 1) / 2).cpu()
+            for i in range(0, codes.shape[0], batch_size)]
+    return torch.cat(outs)
+
+
+def write_inversion(out: str | Path, g1: MultiCodeGenerator, fit: MultiCodeFit, names: list[str], *, generator_source: str,
+                    images_source: str, overwrite: bool = False) -> dict[str, Any]:
+    """Write reconstructions/, codes.safetensors, psnr.csv and summary.json into ``out`` as one atomic folder; returns the summary."""
+    from safetensors.torch import save_file
+
+    from breastgan.generation.writer import write_array
+    from breastgan.utils.atomic import atomic_dir
+
+    out = Path(out)
+    check_invert_output(out, overwrite)
+    recon_names = reconstruction_names(names)
+    recon = render01(g1, fit.codes, fit.alphas, batch_size=int(fit.settings.get("batch_size", 16)))
+    psnr = [float(v) for v in fit.psnr_db]
+    summary = {
+        "command": COMMAND, "generator": generator_source, "images": images_source, "n": len(names),
+        "psnr_db": {"mean": float(np.mean(psnr)), "median": float(np.median(psnr)), "min": float(np.min(psnr)), "max": float(np.max(psnr))},
+        "mse_mean": float(fit.mse.mean()), "settings": fit.settings, "seed": fit.settings.get("seed"), "g1": g1.describe(),
+        "versions": _versions(), "fitted_to_images": True, "warning": PATIENT_DATA_WARNING,
+        "outputs": {"reconstructions": f"{RECONSTRUCTIONS_DIR}/ (16-bit grey PNG, one per input, same relative name)",
+                    "codes": "codes.safetensors (codes (M, N, latent_dim), alphas (M, N, C_l); row i is psnr.csv's row i)",
+                    "psnr": "psnr.csv (file, psnr_db, mse: one row per image, no mean row; the means are here)"},
+    }
+    meta = {"generator": generator_source, "layer": str(g1.layer), "layer_name": g1.layer_name, "n_codes": str(g1.n_codes),
+            "settings": json.dumps(fit.settings, sort_keys=True, default=str), "files": json.dumps(names),
+            "fitted_to_images": "true", "warning": PATIENT_DATA_WARNING}
+    with atomic_dir(out) as tmp:
+        for i, rel in enumerate(recon_names):
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            write_array(dest, recon[i].numpy(), "png", 16)
+        save_file({"codes": fit.codes.contiguous(), "alphas": fit.alphas.contiguous()}, str(tmp / "codes.safetensors"), metadata=meta)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "psnr_db", "mse"])
+        for name, p, m in zip(names, psnr, fit.mse.tolist()):
+            writer.writerow([name, f"{p:.4f}", f"{m:.8g}"])
+        (tmp / "psnr.csv").write_text(buf.getvalue())
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return summary
+
+
+__all__ = ["COMMAND", "INVERSION_OPTIMIZERS", "InversionOutputError", "MultiCodeFit", "PATIENT_DATA_WARNING", "check_invert_output",
+           "invert_multicode", "psnr_db", "read_grey_images", "reconstruction_names", "render01", "write_inversion"]

@@ -121,3 +121,16 @@ def test_invert_refuses_bad_inputs_with_clear_errors(tmp_path, cli, noise_run):
     assert res.exit_code == 2 and "unknown inversion optimizer 'lbfgs'" in res.output
     res = cli("invert", "--generator", tmp_path / "nowhere", "--images", tmp_path / "imgs", "--out", tmp_path / "o5", *base)
     assert res.exit_code == 2 and "nowhere: does not exist" in res.output
+
+
+def test_invert_reads_a_generator_package(tmp_path, cli, noise_run):
+    from breastgan.sharing.package import export_package
+
+    run, G = noise_run
+    write_targets(tmp_path / "imgs", G)
+    export_package(run, tmp_path / "pkg", force=True, override_reason="hand-built test generator", name="tiny-noise")
+    res = cli("invert", "--generator", tmp_path / "pkg", "--images", tmp_path / "imgs", "--out", tmp_path / "out", "--steps", 2,
+              "--codes", 2, "--layer", 3)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["generator"] == str(tmp_path / "pkg") and summary["g1"]["layer_name"] == "block3_16x16"

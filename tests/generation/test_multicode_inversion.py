@@ -69,7 +69,7 @@ def test_an_image_from_one_known_code_is_reconstructed(G):
     with torch.no_grad():
         x = (G(z) + 1) / 2
     fit = invert_multicode(MultiCodeGenerator(G, 2, 16), x, seed=0, **BUDGET)
-    assert torch.all(fit.psnr_db > 30), fit.psnr_db  # measured ~46-48 dB
+    assert torch.all(fit.psnr_db > 30), fit.psnr_db  # measured 48.6 / 46.7 dB
 
 
 def test_psnr_rises_with_the_number_of_codes_on_images_the_generator_did_not_make(G):

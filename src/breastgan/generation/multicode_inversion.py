@@ -228,9 +228,10 @@ def read_grey_images(source: str | Path, image_size: tuple[int, int], split: str
     images = []
     for name in names:
         try:
-            dec = read_image(root / name, rgb_policy="error")
+            dec = read_image(root / name, rgb_policy="error")  # colour is refused, never averaged to grey
         except ImageReadError as exc:
-            raise InversionOutputError(f"{exc} (invert takes grey images only)") from None
+            hint = " (invert takes grey images only)" if "colour" in str(exc) else ""
+            raise InversionOutputError(f"{exc}{hint}") from None
         if tuple(dec.pixels.shape) != tuple(image_size):
             h, w = dec.pixels.shape
             raise InversionOutputError(f"{root / name}: image is {h}x{w}, the generator makes {image_size[0]}x{image_size[1]} images; "

@@ -135,7 +135,10 @@ class MultiCodeGenerator(nn.Module):
         split = layer_split(generator)
         self.layer, self.n_codes = layer, n_codes
         self.layer_name = split.names[layer - 1]
-        self._lower, self._upper, self._head = split.layers[:layer], split.layers[layer:], split.head
+        self._lower, self._upper = split.layers[:layer], split.layers[layer:]
+        # the head is one of the generator's own submodules: registering it again would store its tensors twice
+        # (safetensors refuses shared tensors, so checkpoints of a module holding G1 would fail)
+        object.__setattr__(self, "_head", split.head)
         self.latent_dim = int(generator.latent_dim)
         self.channels = int(generator.channels)
         self.image_size = tuple(int(s) for s in generator.image_size)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "breastgan.cli.audit",
     "breastgan.cli.sweep",
     "breastgan.cli.translate",
+    "breastgan.cli.site",
     "breastgan.cli.invert",
 ]
 

@@ -15,7 +15,11 @@ scores x (N, b, C, H, W), D_j scoring x[j], in one of three exact ways (:data:`B
   the forward. Same batch-norm fallback (in-place running-stat updates under vmap).
 
 ``auto`` picks the mode ``benchmarks/bench_dmgan_discriminators.py`` measured fastest on CPU for the
-default PatchGAN (docs/benchmarks.md, "dm-GAN site discriminators").
+default PatchGAN (docs/benchmarks.md, "dm-GAN site discriminators"): ``loop``. On a 2-core Xeon, one
+thread, ndf 64, grouped/vmap took 1.1-2.2x the loop's time at 64x64 (N 10, batch 1: loop 482 ms,
+grouped 1080, vmap 1070) and 1.3-1.6x at 256x256 (N 10, batch 4: 15.5 s, 25.3 s, 23.6 s): oneDNN's
+grouped convolutions are slower than N dense ones at these widths. A GPU may well rank them the
+other way (unmeasured); ask for ``grouped`` or ``vmap`` explicitly there.
 
 :meth:`DiscriminatorBank.update` is N calls of :func:`~breastgan.training.sites.discriminator.site_update`
 at once. It uses ONE optimiser over all N discriminators' parameters and back-propagates the SUM of

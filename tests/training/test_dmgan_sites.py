@@ -317,7 +317,12 @@ def test_shards_by_manifest_column_with_ties_and_manifest_shard():
 
 
 def test_shard_by_options_are_exclusive():
-    assert ShardBy().column == "breast_area" and ShardBy().is_default
+    assert ShardBy().column == "breast_area"
+    # a saved config reloads to the same rule, including the fallback for datasets without a manifest
+    again = ShardBy.model_validate(ShardBy().model_dump())
+    assert again == ShardBy() and make_shards(_AreaDataset([3, 1, 2, 4]), 2, again).indices == [[1, 2], [0, 3]]
+    with pytest.raises(ValueError, match="no manifest rows"):
+        make_shards(_AreaDataset([3, 1, 2, 4]), 2, ShardBy(column="density"))
     with pytest.raises(ValueError, match="exactly one of"):
         ShardBy(column="breast_area", computed="breast_area")
     with pytest.raises(ValueError, match="extra"):

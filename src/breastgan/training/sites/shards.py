@@ -5,8 +5,9 @@ The seed shards mini-MIAS by breast size. :class:`ShardBy` chooses exactly one r
 - ``column``: a manifest column of a prepared dataset (``PreparedDataset.rows``). Numeric columns
   are cut into equal-count shards by value, ties broken by item id
   (:func:`breastgan.data.splits.assign_shards`); other columns give one shard per distinct value,
-  wrapped modulo n. The default is ``column: breast_area`` (written by ``breastgan prepare``); a
-  dataset without a manifest (the built-in phantom) then falls back to ``computed: breast_area``.
+  wrapped modulo n. The default is ``column: breast_area`` (written by ``breastgan prepare``); for a
+  dataset without a manifest (the built-in phantom) ``column: breast_area`` falls back to
+  ``computed: breast_area``, whether given or defaulted (a saved config reloads to the same shards).
 - ``manifest_shard``: the ``shard`` column ``breastgan prepare --shards`` wrote.
 - ``file``: a CSV with columns ``item_id,shard``; every item exactly once, shards in [0, n).
   Items of a dataset without a manifest are named by their index (``0``, ``1``, ...).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from breastgan.data.splits import assign_shards
 
@@ -42,7 +43,6 @@ class ShardBy(BaseModel):
     file: Path | None = Field(None, description="CSV with columns item_id,shard")
     computed: Literal["breast_area"] | None = Field(None, description="computed from the pixels (datasets without a manifest)")
     area_threshold: float = Field(DEFAULT_AREA_THRESHOLD, ge=0, lt=1, description="computed breast_area: intensity above which a pixel is breast")
-    _default: bool = PrivateAttr(False)  # no rule given: column breast_area, falling back to the computed area
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ShardBy":
@@ -51,12 +51,7 @@ class ShardBy(BaseModel):
             raise ValueError(f"shard by exactly one of column, manifest_shard, file, computed; got {chosen}")
         if not chosen:
             self.column = "breast_area"
-            self._default = True
         return self
-
-    @property
-    def is_default(self) -> bool:
-        return self._default
 
 
 @dataclass
@@ -107,7 +102,7 @@ def _by_values(values: list[object], n: int) -> list[int]:
 def _by_column(dataset: Any, rows: list[dict[str, str]] | None, by: ShardBy, n: int) -> tuple[list[int], str]:
     column = by.column or "breast_area"
     if rows is None:
-        if by.is_default:
+        if column == "breast_area":  # also when written out: a saved config round-trips to the same shards
             return _by_values(computed_breast_area(dataset, by.area_threshold), n), \
                 f"computed breast_area (pixels > {by.area_threshold}; the dataset has no manifest)"
         raise ValueError(f"shard by column {column!r}: the dataset has no manifest rows (use a prepared dataset, "

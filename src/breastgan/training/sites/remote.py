@@ -82,7 +82,11 @@ class _Link(threading.Thread):
     def run(self) -> None:
         post = self.owner._events.put
         try:
-            self.channel = PairChannel(self.owner.store, site=self.site, incarnation=self.incarnation, role=COORDINATOR,
+            # its own store client: a TCPStore client serialises its calls, and the pair group's rendezvous blocks
+            # in store.wait; sharing the main thread's client would stall the registry and the other links
+            store = dist.TCPStore(self.owner.host, self.owner.port, is_master=False,
+                                  timeout=datetime.timedelta(seconds=self.owner.opts.timeout_s))
+            self.channel = PairChannel(store, site=self.site, incarnation=self.incarnation, role=COORDINATOR,
                                        timeout_s=self.owner.opts.timeout_s, ledger=self.owner.ledger,
                                        peer_name=self.name_for_errors)
             hello = self.channel.recv()
@@ -139,7 +143,7 @@ class RemoteSites:
     # -- registry ------------------------------------------------------------------------------
     def start(self) -> dict[int, int]:
         """Host the rendezvous, wait until every site has joined; returns site id -> n_real."""
-        host, port = parse_address(self.opts.address)
+        host, port = self.host, self.port = parse_address(self.opts.address)
         try:
             self.store = dist.TCPStore(host, port, is_master=True, wait_for_workers=False,
                                        timeout=datetime.timedelta(seconds=self.opts.timeout_s))

@@ -240,16 +240,16 @@ class PairChannel:
         magic, code, step, dcode, ndim = (int(v) for v in header[:5])
         kind = KIND_NAMES.get(code, f"unknown({code})")
         if magic != MAGIC or dcode not in DTYPES or not 0 <= ndim <= MAX_DIMS:
-            raise TransportViolation(f"site {self.site}: malformed header from {self.peer_name}: {header.tolist()}")
+            raise TransportViolation(f"malformed header from {self.peer_name}: {header.tolist()}")
         if kind not in ALLOWED_KINDS[self.peer_role]:
-            raise TransportViolation(f"site {self.site}: {self.peer_name} sent {kind!r}, which a {self.peer_role} may not send; "
+            raise TransportViolation(f"{self.peer_name} sent {kind!r}, which a {self.peer_role} may not send; "
                                      f"allowed: {sorted(ALLOWED_KINDS[self.peer_role])}")
         shape = [int(v) for v in header[5:5 + ndim]]
         numel = 1
         for s in shape:
             numel *= s
         if any(s < 0 for s in shape) or numel > MAX_PAYLOAD_ELEMENTS:
-            raise TransportViolation(f"site {self.site}: {self.peer_name} announced an impossible payload shape {shape}")
+            raise TransportViolation(f"{self.peer_name} announced an impossible payload shape {shape}")
         tensor = torch.empty(shape, dtype=DTYPES[dcode])
         if tensor.numel():
             try:

@@ -197,13 +197,16 @@ class DmGANRecipe(Recipe):
 
     # -- what is trained ---------------------------------------------------------------------------
     def build_modules(self) -> dict[str, nn.Module]:
+        from breastgan.training.recipes.cyclegan import init_normal
+
         G = DmGANGenerator(**self.g_args)
+        init_normal(G.g2)  # pix2pix's init_weights('normal', 0.02) for what is trained; G1 keeps the pretrained weights
         G.load_renderer(self.pretrained.models[0].state_dict())
         out: dict[str, nn.Module] = {"generator": G}
         if self.remote is None:
             from breastgan.training.sites.bank import DiscriminatorBank
 
-            out["discriminators"] = DiscriminatorBank(self.args.n_discriminators, self.d_args, mode=self.args.bank_mode)
+            out["discriminators"] = init_normal(DiscriminatorBank(self.args.n_discriminators, self.d_args, mode=self.args.bank_mode))
         if self.input_mode == "inverted":
             out["codes"] = FittedCodes(len(self.dataset), G.n_codes, G.code_dim, G.feature_channels, self.args.g1.train_codes)
         return out

@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--checkpoint-at", type=int, default=None)
     ap.add_argument("--deadline", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--max-staleness", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> int:
     G = TinyGenerator()
     opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
     opts = SitesOptions(address=a.address, num_sites=a.num_sites, mode=a.mode, deadline_s=a.deadline, timeout_s=a.timeout,
-                        join_timeout_s=60, max_staleness=2)
+                        join_timeout_s=60, max_staleness=a.max_staleness)
     rs = RemoteSites(opts, image_shape=(1, 32, 32), ledger_path=a.out / "ledger.jsonl", log=log)
     result: dict = {"answers": [], "error": None}
     z_of: dict[int, dict[int, torch.Tensor]] = {}  # step -> site -> codes (stale answers are replayed under the current G)
@@ -93,7 +94,7 @@ def main() -> int:
             progress.write(json.dumps({"step": step, "answered": sorted(answers), "live": rs.live_sites(),
                                        "incarnations": inc, "time": time.time()}) + "\n")
             progress.flush()
-            z_of.pop(step - 3, None)
+            z_of.pop(step - a.max_staleness - 1, None)
             if a.checkpoint_at == step:
                 rs.request_checkpoint(step)
                 with atomic_path(a.out / f"G_step{step}.pt") as tmp:

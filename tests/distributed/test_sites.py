@@ -239,6 +239,23 @@ def test_async_dead_site_is_logged_training_continues_and_restart_rejoins_from_c
     assert ck["answered"] == rejoin[0]["answered_before"] + len(after)
 
 
+@pytest.mark.parametrize("max_staleness", [0, 1])
+def test_async_late_answers_are_used_within_the_staleness_bound_and_dropped_beyond(cluster, max_staleness):
+    """A 1 ms deadline: answers arrive after their step (a D_j update, 4 messages and an fsync'd checkpoint every 2
+    answers take longer), so they are returned one step late (bound 1) or dropped (bound 0)."""
+    cluster.site(0), cluster.site(1)
+    cluster.coordinator("--mode", "async", "--steps", "8", "--deadline", "0.001", "--step-sleep", "0.3",
+                        "--max-staleness", str(max_staleness))
+    assert cluster.wait("coordinator") == 0, cluster.dump()
+    r = cluster.result()
+    late = [a for a in r["answers"] if a["answered_step"] < a["step"]]
+    if max_staleness == 0:
+        assert late == [] and sum(r["stale_dropped"].values()) >= 6, r["stale_dropped"]
+    else:
+        assert len(late) >= 6 and all(a["answered_step"] == a["step"] - 1 for a in late), r["answers"]
+        assert r["stale_dropped"] == {}
+
+
 def test_sync_dead_site_stops_training_with_an_error_naming_it(cluster):
     cluster.site(0), cluster.site(1)
     cluster.coordinator("--mode", "sync", "--steps", "1000", "--step-sleep", "0.2", "--timeout", "60")

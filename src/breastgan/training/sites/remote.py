@@ -291,7 +291,7 @@ class RemoteSites:
         while time.monotonic() < deadline:
             if not any(self._links[j].busy_step is not None for j in self._live):
                 break  # nothing more can arrive this step
-            for a in self._drain(timeout=0.02):
+            for a in self._drain(timeout=min(0.02, max(0.0, deadline - time.monotonic()))):
                 arrived[a.site] = a
         for a in self._drain(timeout=0):
             arrived[a.site] = a

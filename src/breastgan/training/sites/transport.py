@@ -264,7 +264,8 @@ class PairChannel:
 def _short(exc: BaseException) -> str:
     """The first line of a c10d error (the rest is a C++ stack)."""
     text = str(exc).strip().splitlines()
-    return text[0][:400] if text else type(exc).__name__
+    # gloo appends advice to a closed connection ("This is typically caused by a remote worker crashing...")
+    return text[0].split(" This is typically")[0][:400] if text else type(exc).__name__
 
 
 def kinds_in(entries: Iterable[dict[str, Any]]) -> set[str]:

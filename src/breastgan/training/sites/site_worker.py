@@ -212,9 +212,12 @@ class Site:
         self.guard.register_real(self.real, pin=True)
         self.n_real = int(images01.shape[0])
         self.image_shape = tuple(int(s) for s in images01.shape[1:])
+        from breastgan.training.recipes.cyclegan import init_normal
+
         with torch.random.fork_rng(devices=[]):  # D_j's initial weights follow the site's seed, not the process's RNG
             torch.manual_seed(cfg.seed)
             self.D, self.opt, self.loss = build_parts(cfg, channels=self.image_shape[0])
+            init_normal(self.D)  # pix2pix's normal(0.02), as the one-machine recipe initialises its discriminator bank
         self.stream = DataStream(self.n_real, cfg.seed)
         self.label_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.answered, self.last_step, self.resumed_from = 0, -1, None

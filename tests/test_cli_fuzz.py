@@ -26,6 +26,7 @@ COMMANDS = [  # (args with P for a fuzzed input path and O for a fuzzed output p
     ["train", "--resume", "P"],
     ["generate", "--run", "P", "--out", "O", "-n", "2"],
     ["invert", "--generator", "P", "--images", "P", "--out", "O", "--steps", "1"],
+    ["site", "--config", "P", "--data", "P"],
     ["generate", "--package", "P", "--out", "O", "-n", "2"],
     ["prepare", "--config", "P", "--check"],
     ["evaluate", "--real", "P", "--fake", "P", "--out", "O", "--metrics", "ssim", "--no-report", "--no-cache"],

@@ -95,7 +95,7 @@ class _NoImages(TensorDataset):
     def __init__(self, count: int, channels: int, size: tuple[int, int], fingerprint: str):
         from breastgan.data.base import DatasetInfo
 
-        info = DatasetInfo(name="sites", num_classes=1, class_names=["image"], image_size=size, channels=channels)
+        info = DatasetInfo(name="sites", image_size=tuple(size), channels=channels)
         super().__init__(torch.zeros(count, channels, 1, 1), torch.zeros(count, dtype=torch.long), info, fingerprint)
 
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,11 @@ Registered in :data:`BACKBONES` (``model.discriminator.backbone: {name: ..., <op
   wheel's reference implementation exactly with it, see tests/models/test_dgan_wp_tl.py).
 - ``torchscript``: any TorchScript network returning a feature map or vector (e.g. a classifier
   trained on BUSI by ``breastgan utility``, exported with ``torch.jit.script``): a domain branch.
+- ``utility_classifier``: a ``breastgan utility`` classifier read directly from its ``best.safetensors``
+  (the file, or the run folder holding it), rebuilt through the utility ``CLASSIFIERS`` registry
+  (name and arguments given, or read from the experiment's ``config.yaml``) and loaded with the
+  checked safetensors loader; the branch is its penultimate embedding (study CNN: FC1 + BN + ReLU;
+  timm classifiers such as ``swin_t``: the pre-logits features): a domain branch, no export step.
 
 Weights are part of the run: the discriminator's checkpoint carries the frozen branch too, so a
 resumed run never reads the weight file again and a changed file cannot silently change a run.
@@ -35,6 +40,7 @@ from typing import Any, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.nn import functional as F
 
 from breastgan.registry import Registry
 
@@ -286,16 +292,16 @@ class TorchScriptBranch(FrozenBackbone):
         return {"name": "torchscript", "weights_sha256": self.weights_sha256}
 
 
-def build_backbone(spec: dict[str, Any] | str, where: str = "backbone") -> FrozenBackbone:
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
-    if not name:
-        raise ValueError(f"{where}: needs a 'name' (one of {', '.join(BACKBONES.names())})")
-    entry = BACKBONES.entry(name)
-    return entry.obj(**entry.validate_args(spec, where).model_dump())
-
-
-__all__ = ["BACKBONES", "FrozenBackbone", "build_backbone", "load_state_dict_file", "efficientnet_lite0_wheel_file"]
+# -- a breastgan utility classifier, straight from its run ---------------------------------------------------------------
+class UtilityClassifierArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: str = Field(description="best.safetensors written by breastgan.utility.fit.fit, or the run folder holding it "
+                                     "(<experiment>/runs/<classifier>/<fraction>/<arm>/seed<k>)")
+    classifier: str | None = Field(None, description="utility CLASSIFIERS name (cnn, swin_t, ...); null = read from the experiment's config.yaml")
+    classifier_args: dict[str, Any] | None = Field(None, description="the classifier's own args (as in the utility config); null = its defaults, "
+                                                                     "or the experiment's when classifier is read from there")
+    num_classes: int = Field(2, ge=2, description="classes of the trained head (breastgan utility trains 2)")
+    image_size: int | None = Field(None, ge=16, description="side the classifier was trained at; null = the experiment's image_size")
 
 
 class _StudyCNNEmbedding(nn.Module):
@@ -308,6 +314,121 @@ class _StudyCNNEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - 0.5) / 0.5  # StudyCNN's own fixed input map of [0, 1]
         return torch.relu(self.bn1(self.fc1(self.features(x).flatten(1))))
+
+
+class _TimmPreLogits(nn.Module):
+    """A utility ``SwinClassifier``'s own preprocessing, then timm's pre-logits features (the head's input)."""
+
+    def __init__(self, clf: nn.Module):
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.clf
+        if x.shape[-1] != c.input_size or x.shape[-2] != c.input_size:
+            x = F.interpolate(x, size=(c.input_size, c.input_size), mode="area")
+        x = (x.expand(-1, 3, -1, -1) - c.mean) / c.std
+        return c.net.forward_head(c.net.forward_features(x), pre_logits=True)
+
+
+def _embedding_cuts() -> dict[type, tuple[Any, Any]]:
+    """classifier class -> (embedding module factory, embedding width); the cut is known per architecture, never guessed."""
+    from breastgan.utility.classifiers import StudyCNN, SwinClassifier
+
+    return {StudyCNN: (_StudyCNNEmbedding, lambda m: m.fc1.out_features),
+            SwinClassifier: (_TimmPreLogits, lambda m: m.net.num_features)}
+
+
+def _utility_run_classifier(run_dir: Path, where: str) -> tuple[str, dict[str, Any], int]:
+    """(classifier name, args, image_size) of one utility run, from ``<experiment>/config.yaml`` (the run is <experiment>/runs/<classifier>/<fraction>/<arm>/seed<k>)."""
+    import yaml
+
+    from breastgan.utility.experiment import ExperimentConfig, _slug
+
+    parents = run_dir.resolve().parents
+    root = parents[4] if len(parents) > 4 else None
+    if root is None or not (root / "config.yaml").is_file():
+        raise ValueError(f"{where}: {run_dir} is not inside a breastgan utility experiment (no config.yaml at {root}); "
+                         "give classifier, classifier_args and image_size")
+    try:
+        cfg = ExperimentConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text()))
+    except Exception as exc:
+        raise ValueError(f"{where}: cannot read the utility experiment config {root / 'config.yaml'}: {exc}") from None
+    slug = run_dir.resolve().parts[-4]
+    specs = [c for c in cfg.classifiers if _slug(c.title) == slug]
+    if not specs:
+        raise ValueError(f"{where}: classifier folder {slug!r} of {run_dir} matches none of {[c.title for c in cfg.classifiers]} "
+                         f"in {root / 'config.yaml'}")
+    return specs[0].name, dict(specs[0].args), cfg.image_size
+
+
+@BACKBONES.register("utility_classifier", args=UtilityClassifierArgs,
+                    summary="a breastgan utility classifier's penultimate embedding, straight from its best.safetensors")
+class UtilityClassifierBranch(FrozenBackbone):
+    """Input in [-1, 1] -> [0, 1] (the utility contract), resized (area) to the classifier's side when the GAN's differs."""
+
+    def __init__(self, weights: str, classifier: str | None = None, classifier_args: dict[str, Any] | None = None,
+                 num_classes: int = 2, image_size: int | None = None):
+        super().__init__()
+        from breastgan.models.weights import load_module_checked
+        from breastgan.utility.classifiers import CLASSIFIERS
+
+        where = "backbone utility_classifier"
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            path = path / "best.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: {path} not found (give a breastgan utility run's best.safetensors or its folder)")
+        if classifier is None or image_size is None:
+            run_name, run_args, run_size = _utility_run_classifier(path.parent, where)
+            if classifier is None:
+                classifier, classifier_args = run_name, run_args if classifier_args is None else classifier_args
+            image_size = run_size if image_size is None else image_size
+        args = dict(classifier_args or {})
+        if args.get("weights") is not None:
+            # a classifier's own init weights (swin_t's ImageNet file) are replaced tensor by tensor below: never reread them
+            args["weights"] = None
+        model = CLASSIFIERS.build(classifier, args, num_classes=num_classes, image_size=image_size)
+        # header checked against the rebuilt module first: a wrong classifier/args names the file and the tensor
+        load_module_checked(model, path.read_bytes(), f"{where}: {path}")
+        cuts = _embedding_cuts()
+        if type(model) not in cuts:
+            raise ValueError(f"{where}: no known embedding cut for classifier {classifier!r} ({type(model).__name__}); "
+                             f"supported: {', '.join(c.__name__ for c in cuts)} (or export one to TorchScript)")
+        make, width = cuts[type(model)]
+        self.net = make(model)
+        self.classifier, self.classifier_args, self.image_size = classifier, dict(args), image_size
+        self.channels, self.reductions = (int(width(model)),), (1,)  # one vector per image, as torchscript's vector output
+        self.weights_sha256 = _sha256(path)
+        self.weights_path = str(path)
+        self.freeze()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1) / 2  # the utility classifiers' contract: grey in [0, 1]
+        if x.shape[1] == 3:
+            x = x.mean(1, keepdim=True)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="area")  # as breastgan utility resizes its inputs
+        return x
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.net(x)[:, :, None, None]]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "utility_classifier", "classifier": self.classifier, "classifier_args": self.classifier_args,
+                "image_size": self.image_size, "weights": self.weights_path, "weights_sha256": self.weights_sha256}
+
+
+def build_backbone(spec: dict[str, Any] | str, where: str = "backbone") -> FrozenBackbone:
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    if not name:
+        raise ValueError(f"{where}: needs a 'name' (one of {', '.join(BACKBONES.names())})")
+    entry = BACKBONES.entry(name)
+    return entry.obj(**entry.validate_args(spec, where).model_dump())
+
+
+__all__ = ["BACKBONES", "FrozenBackbone", "UtilityClassifierBranch", "build_backbone", "load_state_dict_file", "efficientnet_lite0_wheel_file"]
 
 
 def export_classifier_features(cnn: nn.Module, path: str | Path) -> Path:

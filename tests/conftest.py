@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP's default busy-waiting makes 2 threads on a shared 2-core machine (and several test processes)
+# 3-10x slower; passive waiting changes no result (same threads, same arithmetic). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -52,7 +52,7 @@ RESUMABLE_OVERRIDES = (
     "train.max_steps", "train.epochs", "train.log_every", "train.sample_every", "train.checkpoint_every",
     "train.keep_last", "train.progress", "train.device", "train.nonfinite", "train.max_rollbacks",
     # dm-GAN across sites: where the rendezvous is and how long to wait can change between sessions
-    "recipe.sites.address", "recipe.sites.mode", "recipe.sites.deadline_s", "recipe.sites.timeout_s", "recipe.sites.join_timeout_s",
+    "recipe.sites.address", "recipe.sites.num_sites", "recipe.sites.mode", "recipe.sites.deadline_s", "recipe.sites.timeout_s", "recipe.sites.join_timeout_s",
 )
 
 

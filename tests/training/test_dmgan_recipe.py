@@ -105,3 +105,12 @@ def test_config_errors_name_the_field(pretrained, tmp_path):
     cfg = dmgan_config(tmp_path / "missing")
     with pytest.raises(ConfigError, match="recipe.g1.generator"):
         train(cfg, run_dir=tmp_path / "c")
+
+
+def test_sampled_input_on_one_machine_fits_no_codes(pretrained, tmp_path):
+    run = tmp_path / "sampled"
+    train(dmgan_config(pretrained, g1_input="sampled"), overrides=["train.max_steps=2"], run_dir=run)
+    meta = json.loads((run / "checkpoints" / "step_00000002" / "meta.json").read_text())
+    assert sorted(meta["modules"]) == ["discriminators", "generator"]
+    assert json.loads((run / "summary.json").read_text())["dmgan"]["g1_input"] == "sampled"
+    assert load_generator(run).sample(2, seed=0).shape == (2, 1, 32, 32)

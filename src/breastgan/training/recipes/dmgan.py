@@ -135,6 +135,9 @@ class DmGANRecipe(Recipe):
         if args.sites and self.input_mode == "inverted":
             raise ConfigError("recipe.g1_input: 'inverted' needs the training images where G is; across sites the coordinator holds "
                               "none (sending codes fitted at a site would send a reconstruction of its images). Use 'sampled'")
+        if self.input_mode == "sampled" and (args.sampling == "interpolate" or args.recon_weight):
+            raise ConfigError("recipe.g1_input 'sampled' fits no codes: sampling 'interpolate' (which interpolates fitted code sets) "
+                              "and recon_weight (an L1 to the inverted image) need g1_input 'inverted'")
         self.loss: AdversarialLoss = LOSSES.build(cfg.loss.name, cfg.loss.args)
         self.pretrained = self._load_pretrained(args.g1)
         m = cfg.model
@@ -270,17 +273,21 @@ class DmGANRecipe(Recipe):
     def train_step(self, env) -> StepOutput:
         if self.remote is not None:
             return self._remote_step(env)
-        if int(env.module("codes").fitted) == 0:
+        inverted = self.input_mode == "inverted"
+        if inverted and int(env.module("codes").fitted) == 0:
             self._fit_codes(env)
         G = env.train_module("generator")
-        codes: FittedCodes = env.module("codes")  # type: ignore[assignment]
+        codes: FittedCodes | None = env.module("codes") if inverted else None  # type: ignore[assignment]
         reals, fakes, picked = [], [], []
         for j in range(len(self.shard_sets)):
             batch = env.batch(f"shard{j}")
-            gidx = torch.as_tensor(self.shards.indices[j], dtype=torch.long)[batch.indices].to(codes.codes.device)
             reals.append(env.to_device(to_model_range(batch.images.float())))
-            fakes.append(G.refine(codes.codes[gidx], codes.alphas[gidx]))
-            picked.append(gidx)
+            if codes is not None:  # the paper: G renders the codes G1 fitted to these very images
+                gidx = torch.as_tensor(self.shards.indices[j], dtype=torch.long)[batch.indices].to(codes.codes.device)
+                fakes.append(G.refine(codes.codes[gidx], codes.alphas[gidx]))
+                picked.append(gidx)
+            else:  # the sampling rule's codes, as generation will feed G
+                fakes.append(G(env.to_device(env.randn(len(batch.indices), G.latent_dim))))
         fake = torch.stack(fakes)
         bank = env.module("discriminators")
         d_losses, g_losses, grads = bank.update(env.optimizers["discriminators"], self.loss, torch.stack(reals), fake.detach())
@@ -291,7 +298,7 @@ class DmGANRecipe(Recipe):
         out = {"loss_d": torch.tensor(d_total), "loss_g": torch.tensor(g_total)}
         opt = env.optimizers["generator"]
         opt.zero_grad(set_to_none=True)
-        if self.args.recon_weight:
+        if self.args.recon_weight and codes is not None:
             with torch.no_grad():
                 inverted = torch.stack([G.g1(codes.codes[g], codes.alphas[g]) for g in picked])
             recon = F.l1_loss(fake, inverted)

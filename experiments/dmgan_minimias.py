@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--dcgan", type=Path, required=True)
     p.add_argument("--dmgan", type=Path, required=True)
     p.add_argument("--cyclegan", type=Path)
+    p.add_argument("--dmgan-sampled", type=Path, help="a dm-GAN run trained with g1_input: sampled (new-image rows only)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fit-steps", type=int, default=300)
     p.add_argument("--n-samples", type=int, default=256)
@@ -118,6 +119,8 @@ def main() -> None:
     samples = {"DCGAN": dcgan.sample(n, seed=a.seed + 1), "dm-GAN (alpha_gaussian)": dm.sample(n, seed=a.seed + 1)}
     z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(a.seed + 1))
     samples["G1 alone, alpha_gaussian codes (no G2)"] = in_batches(lambda zz: to01(g1(*G.sample_codes(zz))), z)
+    if a.dmgan_sampled:
+        samples["dm-GAN trained on sampled codes (g1_input sampled)"] = load_generator(a.dmgan_sampled).sample(n, seed=a.seed + 1)
     if a.cyclegan and hasattr(cg, "translate"):
         samples["CycleGAN A->B of DCGAN samples"] = cg.translate(samples["DCGAN"], "a2b")
     for name, imgs in samples.items():
@@ -127,7 +130,7 @@ def main() -> None:
     # dm-GAN's primary stream is shard 0 (every shard is drawn in parallel): an epoch over all shards = one pass of shard 0
     shard0 = json.loads((a.dmgan / "summary.json").read_text())["dmgan"]["shards"]["sizes"][0]
     for name, run, per_epoch in (("DCGAN", a.dcgan, len(train)), ("dm-GAN", a.dmgan, shard0),
-                                 ("CycleGAN", a.cyclegan, len(train))):
+                                 ("dm-GAN sampled", a.dmgan_sampled, shard0), ("CycleGAN", a.cyclegan, len(train))):
         if run is not None:
             result["time"][name] = epoch_seconds(run, per_epoch)
     (a.out / "results.json").write_text(json.dumps(result, indent=1, default=str))

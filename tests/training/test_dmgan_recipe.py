@@ -114,3 +114,26 @@ def test_sampled_input_on_one_machine_fits_no_codes(pretrained, tmp_path):
     assert sorted(meta["modules"]) == ["discriminators", "generator"]
     assert json.loads((run / "summary.json").read_text())["dmgan"]["g1_input"] == "sampled"
     assert load_generator(run).sample(2, seed=0).shape == (2, 1, 32, 32)
+
+
+def test_sampled_input_takes_an_alpha_prior_from_an_invert_output(pretrained, tmp_path):
+    from safetensors.torch import save_file
+
+    from breastgan.config import ConfigError
+
+    G = load_generator(pretrained).models[0]
+    from breastgan.models.multicode import MultiCodeGenerator
+
+    c_l = MultiCodeGenerator(G, 2, 3).feature_channels
+    alphas = torch.rand(5, 3, c_l) + 0.5
+    (tmp_path / "inv").mkdir()
+    save_file({"codes": torch.zeros(5, 3, 16), "alphas": alphas}, str(tmp_path / "inv" / "codes.safetensors"))
+    run = tmp_path / "prior"
+    train(dmgan_config(pretrained, g1_input="sampled", alpha_prior=str(tmp_path / "inv")), overrides=["train.max_steps=1"], run_dir=run)
+    g = weights(run, 1, "generator")
+    assert torch.allclose(g["alpha_mean"], alphas.mean(0)) and torch.allclose(g["alpha_std"], alphas.std(0))
+    save_file({"alphas": torch.rand(5, 4, c_l)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ConfigError, match="bad.safetensors: expected finite 'alphas'"):
+        train(dmgan_config(pretrained, g1_input="sampled", alpha_prior=str(tmp_path / "bad.safetensors")), run_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="alpha_prior is for g1_input 'sampled'"):
+        train(dmgan_config(pretrained, alpha_prior=str(tmp_path / "inv")), run_dir=tmp_path / "y")

@@ -84,6 +84,9 @@ class DmGANRecipeArgs(RecipeArgs):
     bank_mode: str = Field("auto", description="how one machine runs the N discriminators: loop, grouped, vmap or auto")
     recon_weight: float = Field(0.0, ge=0, description="L1 of G's image to the inverted training image (not in the paper)")
     sites: SitesOptions | None = Field(None, description="train against remote sites (breastgan site) instead of local discriminators")
+    alpha_prior: str | None = Field(None, description="g1_input 'sampled': a `breastgan invert` output (folder or codes.safetensors) "
+                                                      "whose alphas give the alpha_gaussian rule its statistics, e.g. the coordinator's own or "
+                                                      "public images (default: unfitted, alpha 1)")
 
 
 class _NoImages(TensorDataset):
@@ -106,6 +109,30 @@ def shard_dataset(ds: Any, indices: list[int], j: int) -> TensorDataset:
     idx = torch.as_tensor(indices, dtype=torch.long)
     images, labels = ds.get_batch(idx)
     return TensorDataset(images, labels, ds.info, source=f"{ds.fingerprint()}:shard{j}")
+
+
+def read_alphas(path: str, G: DmGANGenerator) -> torch.Tensor:
+    """The fitted alphas (M, N, C_l) of a `breastgan invert` output, checked against G1's codes and layer."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    f = Path(path)
+    f = f / "codes.safetensors" if f.is_dir() else f
+    if not f.is_file():
+        raise ConfigError(f"recipe.alpha_prior: {f} not found (a `breastgan invert` output folder or its codes.safetensors)")
+    try:
+        tensors = load_file(str(f))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"recipe.alpha_prior: {f}: not a safetensors file ({exc})") from None
+    a = tensors.get("alphas")
+    want = (G.n_codes, G.feature_channels)
+    if a is None or a.ndim != 3 or tuple(a.shape[1:]) != want or a.shape[0] < 2 or not torch.isfinite(a).all():
+        got = tuple(a.shape) if a is not None else "no tensor 'alphas'"
+        raise ConfigError(f"recipe.alpha_prior: {f}: expected finite 'alphas' of shape (M >= 2, {want[0]}, {want[1]}) for "
+                          f"{G.n_codes} codes at layer {G.layer}, got {got}")
+    return a.float()
 
 
 class FittedCodes(nn.Module):
@@ -138,6 +165,8 @@ class DmGANRecipe(Recipe):
         if self.input_mode == "sampled" and (args.sampling == "interpolate" or args.recon_weight):
             raise ConfigError("recipe.g1_input 'sampled' fits no codes: sampling 'interpolate' (which interpolates fitted code sets) "
                               "and recon_weight (an L1 to the inverted image) need g1_input 'inverted'")
+        if args.alpha_prior is not None and self.input_mode != "sampled":
+            raise ConfigError("recipe.alpha_prior is for g1_input 'sampled'; with 'inverted' the prior is fitted to the training images")
         self.loss: AdversarialLoss = LOSSES.build(cfg.loss.name, cfg.loss.args)
         self.pretrained = self._load_pretrained(args.g1)
         m = cfg.model
@@ -205,6 +234,8 @@ class DmGANRecipe(Recipe):
         G = DmGANGenerator(**self.g_args)
         init_normal(G.g2)  # pix2pix's init_weights('normal', 0.02) for what is trained; G1 keeps the pretrained weights
         G.load_renderer(self.pretrained.models[0].state_dict())
+        if self.args.alpha_prior is not None:
+            G.set_alpha_prior(read_alphas(self.args.alpha_prior, G))
         out: dict[str, nn.Module] = {"generator": G}
         if self.remote is None:
             from breastgan.training.sites.bank import DiscriminatorBank

@@ -30,7 +30,6 @@ from breastgan.evaluation import evaluate
 from breastgan.generation import load_generator
 from breastgan.generation.inversion import fit_latents
 from breastgan.generation.multicode_inversion import invert_multicode, psnr_db
-from breastgan.models.multicode import MultiCodeGenerator
 from breastgan.run_dir import find_checkpoint
 
 
@@ -95,20 +94,20 @@ def main() -> None:
     rec_g1 = in_batches(lambda i: to01(g1(fit.codes[i], fit.alphas[i])), idx)
     rec_dm = in_batches(lambda i: to01(G.refine(fit.codes[i], fit.alphas[i])), idx)
     rows = {"single-code inversion (DCGAN)": rec_single, "G1 multi-code inversion (mGANprior)": rec_g1, "dm-GAN G2(G1)": rec_dm}
-    if a.cyclegan:
-        cg = load_generator(a.cyclegan)
-        rows["CycleGAN A->B on G1's reconstruction"] = cg.translate(rec_g1, "a2b") if hasattr(cg, "translate") else None
+    cg = load_generator(a.cyclegan) if a.cyclegan else None
+    if cg is not None:
+        if cg.kind != "translation":
+            raise SystemExit(f"--cyclegan {a.cyclegan}: a translation run is needed, got kind {cg.kind!r}")
+        rows["CycleGAN A->B on G1's reconstruction"] = cg.translate(rec_g1, "a2b")
     for name, rec in rows.items():
-        if rec is None:
-            continue
         v = psnr_db(rec, test)
         result["psnr"][name] = {"test_all": stats(v), "test_first5": stats(v[:5])}
     # the paper's own protocol: training images reconstructed by the trained dm-GAN from the codes it fitted
     ckpt = find_checkpoint(a.dmgan, "latest")
     codes = load_file(str(ckpt.path / "codes.safetensors"))
-    order = PreparedDataset(a.data, split="train", label_column=None).images  # the recipe's dataset order
-    tr = in_batches(lambda i: to01(G.refine(codes["codes"][i], codes["alphas"][i])), torch.arange(len(order)))
-    v = psnr_db(tr, order)
+    # `train` is in the recipe's dataset order (the same prepared set and split), so code row i is image i
+    tr = in_batches(lambda i: to01(G.refine(codes["codes"][i], codes["alphas"][i])), torch.arange(len(train)))
+    v = psnr_db(tr, train)
     result["psnr"]["dm-GAN G2(G1) on its training images (paper's protocol)"] = {"train_all": stats(v), "train_first5": stats(v[:5])}
     v = codes["psnr_db"]
     result["psnr"]["G1 fit of the training images (during training)"] = {"train_all": stats(v), "train_first5": stats(v[:5])}
@@ -121,7 +120,7 @@ def main() -> None:
     samples["G1 alone, alpha_gaussian codes (no G2)"] = in_batches(lambda zz: to01(g1(*G.sample_codes(zz))), z)
     if a.dmgan_sampled:
         samples["dm-GAN trained on sampled codes (g1_input sampled)"] = load_generator(a.dmgan_sampled).sample(n, seed=a.seed + 1)
-    if a.cyclegan and hasattr(cg, "translate"):
+    if cg is not None:
         samples["CycleGAN A->B of DCGAN samples"] = cg.translate(samples["DCGAN"], "a2b")
     for name, imgs in samples.items():
         m = evaluate(test, imgs, metrics=["kid", "fid", "ms-ssim", "memorisation"], train=train, heldout=test, report=False,

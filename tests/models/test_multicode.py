@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generation"))  # handbuilt.py: hand-built generators and runs
+import handbuilt  # noqa: E402
 import pytest
 import torch
 from torch import nn
 
 from breastgan.models.multicode import LAYER_SPLITTERS, MultiCodeGenerator, split_points
 from breastgan.models.progan import ProGANGenerator
-from breastgan.models.registry import GENERATORS
 
 
 def dcgan(seed: int = 1, image_size: int = 32, latent_dim: int = 16, **args) -> nn.Module:
-    full = GENERATORS.entry("dcgan").validate_args({"image_size": image_size, "latent_dim": latent_dim, "base_width": 8, **args}).model_dump()
-    torch.manual_seed(seed)
-    G = GENERATORS.get("dcgan")(**full).eval()
-    with torch.no_grad():  # DCGAN's init (std 0.02) renders near-constant images; these vary with z
-        for p in G.parameters():
-            if p.ndim == 4:
-                p.normal_(0, 0.15)
-    return G
+    return handbuilt.dcgan(seed, image_size=image_size, latent_dim=latent_dim, **args)  # conv weights N(0, 0.15)
 
 
 def progan(stage: int = 2, alpha=None) -> ProGANGenerator:

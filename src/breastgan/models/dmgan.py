@@ -96,14 +96,13 @@ class DmGANGenerator(GeneratorBase):
         if getattr(base, "num_classes", 0):
             raise ValueError("renderer: dm-GAN's G1 needs an unconditional generator (num_classes 0)")
         self.g1 = MultiCodeGenerator(base, layer, n_codes)
-        object.__setattr__(self, "_renderer", base)  # a plain reference: registering it twice would duplicate its tensors
         self.channels = int(self.g1.channels)
         self.image_size = tuple(int(v) for v in self.g1.image_size)
-        for name, want, got in (("image_size", image_size, self.image_size), ("channels", channels, self.channels)):
-            if want is not None:
-                norm = (want, want) if isinstance(want, int) else tuple(want)
-                if (norm if name == "image_size" else want) != got:
-                    raise ValueError(f"{name}: {want!r} given but the renderer makes {got!r}")
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if size is not None and tuple(size) != self.image_size:
+            raise ValueError(f"image_size: {image_size!r} given but the renderer makes {self.image_size!r}")
+        if channels is not None and channels != self.channels:
+            raise ValueError(f"channels: {channels!r} given but the renderer makes {self.channels!r}")
         self.num_classes = 0
         self.n_codes, self.layer, self.code_dim = n_codes, layer, int(self.g1.latent_dim)
         c_l = int(self.g1.feature_shape[0])
@@ -124,7 +123,7 @@ class DmGANGenerator(GeneratorBase):
 
     def load_renderer(self, state: dict[str, torch.Tensor]) -> None:
         """The pretrained generator's weights (G1 renders with them; they stay frozen)."""
-        self._renderer.load_state_dict(state)
+        self.g1.generator.load_state_dict(state)
 
     @property
     def individual_fits(self) -> list[str]:

@@ -42,14 +42,12 @@ from breastgan.losses import LOSSES, AdversarialLoss
 from breastgan.models.dmgan import DmGANArgs, DmGANGenerator
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.run_dir import ComponentSpec, ModelFile
+from breastgan.training.logger import get_logger
 from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, StepOutput, StreamSpec
+from breastgan.training.recipes.gan import to_model_range
 from breastgan.training.sites.combine import renormalise, weighted_backward
 from breastgan.training.sites.remote import SitesOptions
 from breastgan.training.sites.shards import ShardBy, Shards, make_shards
-
-
-def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    return x * 2 - 1
 
 
 class FitOptions(BaseModel):
@@ -100,9 +98,6 @@ class _NoImages(TensorDataset):
 
         info = DatasetInfo(name="sites", image_size=tuple(size), channels=channels)
         super().__init__(torch.zeros(count, channels, 1, 1), torch.zeros(count, dtype=torch.long), info, fingerprint)
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[indices], self.labels[indices]
 
 
 def shard_dataset(ds: Any, indices: list[int], j: int) -> TensorDataset:
@@ -175,14 +170,15 @@ class DmGANRecipe(Recipe):
         if m.discriminator.component != "patchgan":
             raise ConfigError(f"model.discriminator.arch: dm-GAN's site discriminators are PatchGANs ('patchgan'), got {m.discriminator.component!r}")
         channels = int(self.pretrained.channels)
+        self.image_size = tuple(int(v) for v in self.pretrained.image_size)
         g2 = resolve_args(GENERATORS, "resnet_generator", m.generator.args, {"channels": channels}, "model.generator")
         self.d_args = resolve_args(DISCRIMINATORS, "patchgan", m.discriminator.args, {"channels": channels}, "model.discriminator")
         self.shards: Shards | None = None
         if args.sites is None:
             self.dataset = build_dataset(cfg.data.source.component, cfg.data.source.args)
-            if tuple(self.dataset.info.image_size) != tuple(self.pretrained.image_size) or self.dataset.info.channels != channels:
+            if tuple(self.dataset.info.image_size) != self.image_size or self.dataset.info.channels != channels:
                 raise ConfigError(f"data.source: images are {self.dataset.info.channels}x{tuple(self.dataset.info.image_size)} but the "
-                                  f"pretrained generator {args.g1.generator} makes {channels}x{tuple(self.pretrained.image_size)}")
+                                  f"pretrained generator {args.g1.generator} makes {channels}x{self.image_size}")
             self.shards = make_shards(self.dataset, args.n_discriminators, args.shards)
             self.shard_sets = [shard_dataset(self.dataset, idx, j) for j, idx in enumerate(self.shards.indices)]
             small = min(len(s) for s in self.shard_sets)
@@ -196,17 +192,17 @@ class DmGANRecipe(Recipe):
             "bank_size": count if args.sampling == "interpolate" else 0,
             "refiner": {k: g2[k] for k in ("ngf", "n_blocks", "norm", "dropout")},
             # the noise-generator contract, stated so loaders can check the model file without building it
-            "image_size": [int(v) for v in self.pretrained.image_size], "channels": channels,
+            "image_size": list(self.image_size), "channels": channels,
         }).model_dump()
         self.pending: dict[tuple[int, int], torch.Tensor] = {}  # (site, step) -> z of fakes awaiting an answer (async)
         self.fit_report: dict[str, Any] = {}
         if args.sites is not None:
             from breastgan.training.sites.remote import RemoteSites
 
-            shape = (channels, *tuple(int(v) for v in self.pretrained.image_size))
+            shape = (channels, *self.image_size)
             ledger = getattr(env, "run_dir", None)
             self.remote = RemoteSites(args.sites, image_shape=shape, ledger_path=(ledger / "sites_ledger.jsonl") if ledger else None,
-                                      log=_logger())
+                                      log=get_logger())
             self.site_sizes = self.remote.start()
             total = sum(self.site_sizes.values())
             self.site_pi = {j: n / total for j, n in self.site_sizes.items()}
@@ -297,7 +293,7 @@ class DmGANRecipe(Recipe):
         psnr = fit.psnr_db.float()
         self.fit_report = {"images": int(psnr.numel()), "psnr_db_mean": float(psnr.mean()), "psnr_db_min": float(psnr.min()),
                            "seconds": round(time.perf_counter() - t0, 1), **fit.settings}
-        _logger().info(f"G1 inverted {psnr.numel()} training images with {G.n_codes} codes at layer {G.layer}: "
+        get_logger().info(f"G1 inverted {psnr.numel()} training images with {G.n_codes} codes at layer {G.layer}: "
                        f"PSNR {float(psnr.mean()):.2f} dB mean ({self.fit_report['seconds']} s)")
 
     # -- the step -----------------------------------------------------------------------------------
@@ -421,16 +417,9 @@ class DmGANRecipe(Recipe):
 
     def model_file(self, arch_args) -> ModelFile:
         G_args = arch_args["generator"][1]
-        shape = tuple(int(v) for v in self.pretrained.image_size)
-        bit_depth = int(getattr(self.dataset.info, "bit_depth", 16) or 16)
         return ModelFile(
             kind="noise", components={"generator": ComponentSpec(arch="dmgan", args=G_args, module="generator")},
             inputs={"latent": {"dim": int(self.env.module("generator").latent_dim), "distribution": "standard_normal"}},
-            output={"value_range": [0.0, 1.0], "channels": int(self.pretrained.channels), "image_size": list(shape), "bit_depth": bit_depth},
+            output={"value_range": [0.0, 1.0], "channels": int(self.pretrained.channels), "image_size": list(self.image_size),
+                    "bit_depth": self.dataset.info.bit_depth},
         )
-
-
-def _logger():
-    from breastgan.training.logger import get_logger
-
-    return get_logger()

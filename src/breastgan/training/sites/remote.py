@@ -31,10 +31,11 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from breastgan.training.sites.discriminator import SiteAnswer
 from breastgan.training.sites.transport import (
+    Address,
     CONTROL_CHECKPOINT,
     CONTROL_STOP,
     COORDINATOR,
@@ -47,19 +48,13 @@ from breastgan.training.sites.transport import (
 
 class SitesOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    address: str = Field(..., description="host:port of the rendezvous (the coordinator hosts the TCPStore there)")
+    address: Address = Field(..., description="host:port of the rendezvous (the coordinator hosts the TCPStore there)")
     num_sites: int = Field(..., ge=1)
     mode: Literal["sync", "async"] = "sync"
     deadline_s: float = Field(30.0, gt=0, description="async: how long a step waits for answers")
     max_staleness: int = Field(2, ge=0, description="async: answers to fakes older than this many steps are dropped")
     timeout_s: float = Field(300.0, gt=0, description="a site silent this long while it owes an answer is dead")
     join_timeout_s: float = Field(600.0, gt=0, description="how long start() waits for all sites")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        parse_address(v)
-        return v
 
 
 _STOP = object()

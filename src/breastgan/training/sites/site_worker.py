@@ -33,6 +33,7 @@ from breastgan.losses.adversarial import LOSSES
 from breastgan.models.registry import DISCRIMINATORS
 from breastgan.training.sites.discriminator import check_site_loss, site_update
 from breastgan.training.sites.transport import (
+    Address,
     CONTROL_CHECKPOINT,
     CONTROL_STOP,
     SITE,
@@ -67,7 +68,7 @@ class SiteDataOptions(BaseModel):
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     site_id: int = Field(..., ge=0, description="0 .. num_sites - 1; the coordinator's site index")
-    coordinator: str = Field(..., description="host:port of the coordinator's rendezvous")
+    coordinator: Address = Field(..., description="host:port of the coordinator's rendezvous")
     discriminator: dict[str, Any] = Field({"arch": "patchgan"}, description="{arch: <DISCRIMINATORS name>, ...its args}")
     loss: dict[str, Any] = Field({"name": "lsgan"}, description="{name: <LOSSES name>, ...its args}")
     optim: OptimOptions = OptimOptions()
@@ -78,12 +79,6 @@ class SiteConfig(BaseModel):
     data: SiteDataOptions = SiteDataOptions()
     join_timeout_s: float = Field(600.0, gt=0, description="how long to wait for the coordinator to appear")
     coordinator_timeout_s: float = Field(3600.0, gt=0, description="silence from the coordinator tolerated between requests")
-
-    @field_validator("coordinator")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        parse_address(v)
-        return v
 
     @field_validator("discriminator")
     @classmethod

@@ -25,10 +25,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import torch
 import torch.distributed as dist
+from pydantic import AfterValidator
 
 from breastgan.distributed import DistributedError
 
@@ -179,6 +180,15 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"address {address!r}: expected host:port (e.g. 10.0.0.5:29600)")
     return host.strip("[]"), int(port)
+
+
+def _checked_address(address: str) -> str:
+    parse_address(address)
+    return address
+
+
+#: a host:port option, checked when the options are validated (coordinator and site configs)
+Address = Annotated[str, AfterValidator(_checked_address)]
 
 
 def pair_prefix(site: int, incarnation: int) -> str:

@@ -122,6 +122,20 @@ def test_two_by_two_sweep_table_then_skip(tmp_path):
     sw.run_sweep(cfg, here, echo=again.append)
     assert sum("skipped (finished earlier)" in ln for ln in again) == 4 and not any(" done in " in ln for ln in again)
 
+    # an edited base config or evaluation must not reuse results made under the old one
+    tree = yaml.safe_load(base.read_text())
+    tree["train"]["max_steps"] = 5
+    base.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=r"4 run\(s\) .* different configuration.*loss-ns_lr-0.0002_seed-0 \(changed: train.max_steps\)"):
+        sw.run_sweep(cfg, here, echo=lambda s: None)
+    tree["train"]["max_steps"] = 4
+    base.write_text(yaml.safe_dump(tree))
+    edited = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"n": 12})})
+    with pytest.raises(ConfigError, match=r"changed: evaluate.n\)"):
+        sw.run_sweep(edited, here, echo=lambda s: None)
+    assert (out / "results.csv").is_file()  # refused before touching anything
+    sw.run_sweep(cfg, here, echo=lambda s: None)  # the original configuration is accepted again
+
 
 def test_killed_sweep_resumes_the_unfinished_run(tmp_path):
     base = _base(tmp_path, steps=40, checkpoint_every=4)

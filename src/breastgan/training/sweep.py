@@ -305,18 +305,63 @@ def evaluate_run(run_dir: Path, real_spec: dict[str, Any], ev: SweepEval, out_di
 
 
 # -- the sweep (main process) ----------------------------------------------------------------------------------------
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON trees (the first few are enough for an error)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "(whole)"]
+
+
+def check_not_stale(out: Path, runs: list[RunSpec], resolved: dict[str, dict[str, Any]], evaluate: dict[str, Any],
+                    real: dict[str, Any]) -> None:
+    """Refuse to skip or resume a run that was started under a different configuration.
+
+    Results are keyed by run id (the axis labels), so an edited sweep file or base config would otherwise
+    reuse results computed under the old one and mix two protocols in one table. A job file written
+    before job files carried the resolved configuration is compared by base, overrides and evaluation.
+    """
+    stale: list[str] = []
+    for r in runs:
+        job_path = out / "jobs" / f"{r.id}.json"
+        started = (out / "results" / f"{r.id}.json").is_file() or (out / "runs" / r.id / "config.yaml").is_file()
+        if not started or not job_path.is_file():
+            continue
+        try:
+            job = json.loads(job_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"sweep: {job_path}: unreadable job record ({exc}); delete runs/{r.id}, results/{r.id}.json "
+                              f"and this file under {out} to run it again") from None
+        if "config" in job:
+            diff = _differences(job["config"], resolved[r.id])
+        else:
+            diff = [k for k, v in (("overrides", r.overrides), ("base", job.get("base"))) if job.get(k) != v]
+        diff += [f"evaluate.{k}" for k in _differences(job.get("evaluate"), evaluate)]
+        diff += [f"evaluate.real.{k}" for k in _differences(job.get("real"), real)]
+        if diff:
+            shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+            stale.append(f"{r.id} (changed: {shown})")
+    if stale:
+        raise ConfigError(f"sweep: {len(stale)} run(s) under {out} were started with a different configuration than this sweep "
+                          f"file now gives: {'; '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}. Skipping or resuming them "
+                          f"would mix two protocols in one table: set a new `output`, or delete those runs' runs/<id>, "
+                          f"results/<id>.json and jobs/<id>.json to run them again")
+
+
 def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = print, python: str = sys.executable) -> SweepResult:
     base = resolve_base(cfg, here)
     base_cfg = load_config(base, list(cfg.set))  # fail on a bad base or common override before any run starts
     runs = expand(cfg)
     bases = {r.id: (base if r.base is None else resolve_base(cfg.model_copy(update={"base": r.base}), here)) for r in runs}
-    for r in runs:  # and on a bad axis value: validate every run's configuration now
-        load_config(bases[r.id], r.overrides)
+    resolved = {r.id: load_config(bases[r.id], r.overrides).model_dump(mode="json") for r in runs}  # fails on a bad axis value now
     out = Path(cfg.output or f"runs/sweeps/{cfg.name}")
     for sub in ("runs", "results", "eval", "logs", "jobs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.yaml", yaml.safe_dump({**cfg.model_dump(mode="json"), "base": str(base)}, sort_keys=False))
     real = cfg.evaluate.real or {"dataset": base_cfg.data.source.component, **base_cfg.data.source.args}
+    check_not_stale(out, runs, resolved, cfg.evaluate.model_dump(mode="json"), real)
     n_workers = default_workers(cfg, len(runs))
     extra = f" + {len(cfg.extra_runs)} extra" if cfg.extra_runs else ""
     echo(f"sweep {cfg.name}: {len(runs)} runs ({' x '.join(f'{k}[{len(v)}]' for k, v in cfg.axes.items()) or 'no axes'} x seeds {cfg.seeds}{extra}), "
@@ -345,7 +390,8 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
         while queue or running:
             while queue and len(running) < n_workers and not stop["signal"]:
                 i, r = queue.pop(0)
-                job = {"id": r.id, "labels": r.labels, "base": str(bases[r.id]), "overrides": r.overrides, "threads": cfg.threads_per_worker,
+                job = {"id": r.id, "labels": r.labels, "base": str(bases[r.id]), "overrides": r.overrides, "config": resolved[r.id],
+                       "threads": cfg.threads_per_worker,
                        "run_dir": str(out / "runs" / r.id), "result": str(out / "results" / f"{r.id}.json"),
                        "eval_dir": str(out / "eval" / r.id), "evaluate": cfg.evaluate.model_dump(mode="json"), "real": real}
                 job_path = out / "jobs" / f"{r.id}.json"

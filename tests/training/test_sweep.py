@@ -112,8 +112,20 @@ def test_two_by_two_sweep_table_then_skip(tmp_path):
     md = (out / "results.md").read_text()
     assert md.count("\n") == 2 + 4 and "| KID |" in md
     assert (out / "curves.png").stat().st_size > 1000
+    # the figure's points as CSV: every logged loss_d of a run, in step order, from its own metrics.jsonl
+    points = list(csv.DictReader(open(out / "curves.csv")))
+    assert {p["metric"] for p in points} == {"loss_d", "loss_g"} and len({p["run"] for p in points}) == 4
+    rid = "loss-hinge_lr-0.001_seed-0"
+    logged = [json.loads(ln) for ln in (out / "runs" / rid / "logs" / "metrics.jsonl").read_text().splitlines()]
+    want = [rec["loss_d"] for rec in sorted(logged, key=lambda r: r["step"]) if "loss_d" in rec]
+    got = [float(p["value"]) for p in points if p["run"] == rid and p["metric"] == "loss_d"]
+    assert got == pytest.approx(want) and len(got) == 4
+    curves_md = (out / "curves.md").read_text()
+    assert "### loss_d" in curves_md and "### loss_g" in curves_md and curves_md.count(f"| {rid} |") == 2
     section = (out / "report_section.html").read_text()
-    assert section.startswith("<section") and section.count("<tr>") == 5 and "data:image/png;base64" in section
+    table, _, details = section.partition("<details>")
+    assert section.startswith("<section") and table.count("<tr>") == 5 and "data:image/png;base64" in section
+    assert details.count("<tr>") == 1 + len(points)  # the curve values under the figure
     # each run was evaluated by the evaluation suite (its metrics.json is there)
     assert all((out / "eval" / r.id / "metrics.json").is_file() for r in sw.expand(cfg))
     assert result.files["csv"] == out / "results.csv"

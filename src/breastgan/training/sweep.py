@@ -580,7 +580,31 @@ def curves_figure(curves: dict[str, dict[str, tuple[list[float], list[float]]]],
     return path
 
 
-def html_section(cfg: SweepConfig, columns: list[str], rows: list[dict[str, Any]], figure: Path | None, grids: dict[str, Path]) -> str:
+def curve_rows(curves: dict[str, dict[str, tuple[list[float], list[float]]]]) -> list[dict[str, Any]]:
+    """The figure's points as long-format rows (metric, run, epoch, value): curves.csv, and the source of curves.md."""
+    return [{"metric": k, "run": rid, "epoch": round(x, 4), "value": y}
+            for k, per_run in curves.items() for rid, (xs, ys) in sorted(per_run.items()) for x, y in zip(xs, ys)]
+
+
+def curves_markdown(curves: dict[str, dict[str, tuple[list[float], list[float]]]]) -> str:
+    """One table per metric: a row per run, a cell per evaluation, "value @ epoch" (runs are evaluated at different epochs)."""
+    parts: list[str] = []
+    for k, per_run in curves.items():
+        if not per_run:
+            continue
+        width = max(len(xs) for xs, _ in per_run.values())
+        columns = ["run", *[f"eval {i + 1}" for i in range(width)]]
+        parts.append(f"### {k}\n")
+        parts.append("| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|\n")
+        for rid, (xs, ys) in sorted(per_run.items()):
+            cells = [f"{_cell(y)} @ {x:.3g}" for x, y in zip(xs, ys)] + ["" for _ in range(width - len(xs))]
+            parts.append("| " + " | ".join([rid, *cells]) + " |\n")
+        parts.append("\n")
+    return "".join(parts) or "no curve values: the runs logged none of the sweep's `curves` keys\n"
+
+
+def html_section(cfg: SweepConfig, columns: list[str], rows: list[dict[str, Any]], figure: Path | None, grids: dict[str, Path],
+                 curve_points: list[dict[str, Any]] | None = None) -> str:
     import base64
     import html
 
@@ -594,6 +618,10 @@ def html_section(cfg: SweepConfig, columns: list[str], rows: list[dict[str, Any]
     if figure is not None:
         b64 = base64.b64encode(figure.read_bytes()).decode()
         parts.append(f"<figure><img alt='metrics over epochs' src='data:image/png;base64,{b64}'><figcaption>in-training metrics over epochs</figcaption></figure>")
+    if curve_points:
+        parts.append("<details><summary>curve values (also curves.csv)</summary><table><tr><th>metric</th><th>run</th><th>epoch</th><th>value</th></tr>")
+        parts += [f"<tr><td>{e(p['metric'])}</td><td>{e(p['run'])}</td><td>{p['epoch']:.4g}</td><td>{e(_cell(p['value']))}</td></tr>" for p in curve_points]
+        parts.append("</table></details>")
     for rid, grid in grids.items():
         b64 = base64.b64encode(grid.read_bytes()).decode()
         parts.append(f"<figure><img alt='{e(rid)} samples' width='384' src='data:image/png;base64,{b64}'><figcaption>{e(rid)}: last sample grid</figcaption></figure>")
@@ -602,7 +630,7 @@ def html_section(cfg: SweepConfig, columns: list[str], rows: list[dict[str, Any]
 
 
 def summarise(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> SweepResult:
-    """results.csv, results.md, curves.png, report_section.html (+ report.html wrapping it) from the result files."""
+    """results.csv, results.md, curves.png/.csv/.md, report_section.html (+ report.html wrapping it) from the result files."""
     columns, rows = table_rows(cfg, out, runs)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
@@ -611,18 +639,27 @@ def summarise(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> SweepResult:
         w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
     write_text_atomic(out / "results.csv", buf.getvalue())
     write_text_atomic(out / "results.md", markdown_table(columns, rows))
-    figure = curves_figure(read_curves(out, runs, cfg.curves), out / "curves.png")
+    curves = read_curves(out, runs, cfg.curves)
+    figure = curves_figure(curves, out / "curves.png")
+    points = curve_rows(curves)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["metric", "run", "epoch", "value"])
+    w.writeheader()
+    w.writerows(points)
+    write_text_atomic(out / "curves.csv", buf.getvalue())
+    write_text_atomic(out / "curves.md", curves_markdown(curves))
     grids = {}
     for r in runs:
         samples = sorted((out / "runs" / r.id / "samples").glob("step_*.png"))
         if samples:
             grids[r.id] = samples[-1]
-    section = html_section(cfg, columns, rows, figure, grids)
+    section = html_section(cfg, columns, rows, figure, grids, points)
     write_text_atomic(out / "report_section.html", section)
     write_text_atomic(out / "report.html", "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>breastgan sweep</title>"
                       "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
                       "font-size:12px}</style></head><body>" + section + "</body></html>")
-    files = {"csv": out / "results.csv", "markdown": out / "results.md", "html": out / "report.html", "section": out / "report_section.html"}
+    files = {"csv": out / "results.csv", "markdown": out / "results.md", "html": out / "report.html", "section": out / "report_section.html",
+             "curves_csv": out / "curves.csv", "curves_markdown": out / "curves.md"}
     if figure is not None:
         files["figure"] = figure
     return SweepResult(out, rows, files)

@@ -144,7 +144,14 @@ def test_shipped_configs_validate():
     assert (c512.optim.lr_g, c512.optim.lr_d, c512.optim.betas[0], c512.train.n_critic, c512.train.batch_size, c512.train.epochs) == (1e-5, 1e-5, 0.5, 5, 2, 500)
     study, here = sw.load_sweep(root / "dgan_wp_tl_study.yaml")
     runs = sw.expand(study)
-    assert len(runs) == 2 * 5 + 1
+    assert len(runs) == 2 * 5 + 2  # + the projected variant and the seed-lr control
+    seed_lr = next(r for r in runs if r.id.startswith("seed-lr"))
+    assert load_config(sw.resolve_base(study, here), seed_lr.overrides).optim.lr_g == 1e-5  # the seed's lr, unlike the grid
+    reps, reps_here = sw.load_sweep(root / "dgan_wp_tl_replicates.yaml")
+    for r in sw.expand(reps):  # the replicate file: same budget as the study, other seed
+        base = sw.resolve_base(reps if r.base is None else reps.model_copy(update={"base": r.base}), reps_here)
+        assert load_config(base, r.overrides).train.seed == 1
+    assert set(reps.set) == set(study.set) and reps.evaluate == study.evaluate
     for r in runs:  # every run of the study is a valid configuration, and each loss gets lambda in its own term
         base = sw.resolve_base(study if r.base is None else study.model_copy(update={"base": r.base}), here)
         cfg = load_config(base, r.overrides)

@@ -48,8 +48,12 @@ def _sweep_file(tmp_path: Path, base: Path, extra: dict | None = None) -> Path:
         "axes": {"loss": {"ns": {"loss.name": "nonsaturating", "optim.lr_g": "${lr}"}, "hinge": {"loss.name": "hinge", "optim.lr_g": "${lr}"}},
                  "lr": [0.0002, 0.001]},
         "seeds": [0],
-        "evaluate": {"n": 16, "metrics": ["kid", "ms-ssim"], "options": {"kid": {"subset_size": 8, "subsets": 10}, "ms-ssim": {"n_pairs": 8}},
-                     "extractor": {"name": "torchscript", "path": str(net)}},
+        "evaluate": {"n": 16, "metrics": ["kid", "ms-ssim", "memorisation"],
+                     "options": {"kid": {"subset_size": 8, "subsets": 10}, "ms-ssim": {"n_pairs": 8}, "memorisation": {"feature_space": False}},
+                     "extractor": {"name": "torchscript", "path": str(net)},
+                     # the runs' own training images, and phantom images from another seed as the held-out reference
+                     "train": {"dataset": "phantom_ultrasound", "n": 32, "size": 32, "seed": 1},
+                     "heldout": {"dataset": "phantom_ultrasound", "n": 16, "size": 32, "seed": 2}},
         "curves": ["loss_d", "loss_g"],
         **(extra or {}),
     }
@@ -109,6 +113,12 @@ def test_two_by_two_sweep_table_then_skip(tmp_path):
         assert float(r["KID"]) == float(r["KID"])  # a number
         assert 0.0 <= float(r["MS-SSIM real-fake"]) <= 1.0 and 0.0 <= float(r["MS-SSIM fake-fake"]) <= 1.0
         assert r["steps"] == "4"
+        # metrics beyond the seed's columns get their own columns, equal to the evaluation suite's metrics.json
+        suite = json.loads((out / "eval" / r["run"] / "metrics.json").read_text())["metrics"]
+        assert float(r["nn_ratio_pixel"]) == pytest.approx(suite["nn_ratio_pixel"]["value"])
+        assert float(r["near_copy_fraction"]) == pytest.approx(suite["near_copy_fraction"]["value"])
+        assert suite["nn_ratio_pixel"]["details"]["reference"] == "held-out real images"
+        assert suite["nn_ratio_pixel"]["n"]["train"] == 32 and suite["nn_ratio_pixel"]["n"]["reference"] == 16
     md = (out / "results.md").read_text()
     assert md.count("\n") == 2 + 4 and "| KID |" in md
     assert (out / "curves.png").stat().st_size > 1000

@@ -69,6 +69,10 @@ class SweepEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     real: dict[str, Any] | None = Field(None, description="real images: a dataset spec {dataset: ..., <options>}; default: the run's data.source")
+    train: dict[str, Any] | None = Field(None, description="the runs' training images, a dataset spec: the memorisation metric's "
+                                                       "nearest-neighbour search set (default: `real`)")
+    heldout: dict[str, Any] | None = Field(None, description="real images no run trained on, a dataset spec: the memorisation metric's "
+                                                         "reference (default: leave-one-out within `train`)")
     n: int | None = Field(200, ge=2, description="images per set (real: a seeded subset; fake: samples)")
     metrics: list[str] = Field(default_factory=lambda: ["kid", "fid", "lpips", "ms-ssim", "embedding-swd"])
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-metric options, as breastgan evaluate")
@@ -287,10 +291,15 @@ def evaluate_run(run_dir: Path, real_spec: dict[str, Any], ev: SweepEval, out_di
     from breastgan.data.base import build_dataset
     from breastgan.evaluation import evaluate
 
-    spec = dict(real_spec)
-    real = build_dataset(spec.pop("dataset"), spec)
+    def dataset(spec: dict[str, Any] | None):
+        if spec is None:
+            return None
+        spec = dict(spec)
+        return build_dataset(spec.pop("dataset"), spec)
+
+    real = dataset(real_spec)
     summary = evaluate(real, run_dir, n=ev.n, metrics=ev.metrics, options=ev.options, extractor=ev.extractor, seed=ev.seed,
-                       n_boot=ev.n_boot, out_dir=out_dir, report=True, run_dir=run_dir)
+                       n_boot=ev.n_boot, out_dir=out_dir, report=True, run_dir=run_dir, train=dataset(ev.train), heldout=dataset(ev.heldout))
     values = {k: v.get("value") for k, v in summary["metrics"].items()}
     ci = {k: v.get("ci95") for k, v in summary["metrics"].items()}
     details = {k: v.get("details", {}) for k, v in summary["metrics"].items()}
@@ -469,12 +478,17 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
             row[col] = _lookup(vals, keys)
         # the seed reports KID as mean +- std over subsets
         row["KID std"] = res.get("metrics", {}).get("details", {}).get("kid", {}).get("std_over_subsets")
+        seed_keys = {k for _, keys in TABLE_COLUMNS for k in keys}
         for k, v in vals.items():
             if "@" in k:
                 col = f"KID ({k.split('@', 1)[1]})" if k.startswith("kid@") else k
-                row[col] = v
-                if col not in extra_cols:
-                    extra_cols.append(col)
+            elif k not in seed_keys:
+                col = k  # any other metric the sweep asked for (e.g. memorisation's nn_ratio_pixel): its own column, never dropped
+            else:
+                continue
+            row[col] = v
+            if col not in extra_cols:
+                extra_cols.append(col)
         rows.append(row)
     metric_cols = [c for c, _ in TABLE_COLUMNS]
     metric_cols.insert(1, "KID std")

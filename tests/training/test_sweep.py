@@ -86,6 +86,9 @@ def test_sweep_config_errors_name_the_axis(tmp_path):
     bad.write_text(yaml.safe_dump({"base": base.name, "axes": {"lam": [1, 2]}}))
     with pytest.raises(ConfigError, match="no bundle uses it"):
         sw.load_sweep(bad)
+    bad.write_text(yaml.safe_dump({"base": base.name, "axes": {"run": {"a": {"loss.name": "hinge"}}}}))
+    with pytest.raises(ConfigError, match="axes.run: 'run' is a column of the results table already"):
+        sw.load_sweep(bad)  # it would overwrite the run id column of every row
     with pytest.raises(ConfigError, match="--grid 'x': expected key=value1,value2"):
         sw.load_sweep(base, grid=["x"])
 

@@ -65,6 +65,10 @@ TABLE_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# the results table's own columns; axis names may not take them
+RESERVED_COLUMNS = frozenset({"run", "seed", "status", "steps", "epochs", "train_s", "KID std", *(c for c, _ in TABLE_COLUMNS)})
+
+
 class SweepEval(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
@@ -113,6 +117,10 @@ class SweepConfig(BaseModel):
         variables = {k for k, v in self.axes.items() if "." not in k and not isinstance(v, dict)}
         used: set[str] = set()
         for name, values in self.axes.items():
+            if name in RESERVED_COLUMNS:
+                # the results table has one column per axis beside these: a clash would overwrite the run id or the status
+                raise ValueError(f"axes.{name}: {name!r} is a column of the results table already "
+                                 f"({', '.join(sorted(RESERVED_COLUMNS))}); give the axis another name")
             if isinstance(values, dict):
                 if not values:
                     raise ValueError(f"axes.{name}: a bundle axis needs at least one label")

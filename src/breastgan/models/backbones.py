@@ -324,11 +324,8 @@ class _TimmPreLogits(nn.Module):
         self.clf = clf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.clf
-        if x.shape[-1] != c.input_size or x.shape[-2] != c.input_size:
-            x = F.interpolate(x, size=(c.input_size, c.input_size), mode="area")
-        x = (x.expand(-1, 3, -1, -1) - c.mean) / c.std
-        return c.net.forward_head(c.net.forward_features(x), pre_logits=True)
+        net = self.clf.net
+        return net.forward_head(net.forward_features(self.clf.prepare(x)), pre_logits=True)
 
 
 def _embedding_cuts() -> dict[type, tuple[Any, Any]]:

@@ -118,11 +118,14 @@ class SwinClassifier(nn.Module):
             raise ValueError(f"{path}: weights do not fit {type(self.net).__name__} (missing or mis-shaped: {missing[:5]}{'...' if len(missing) > 5 else ''})")
         self.net.load_state_dict(keep, strict=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Grey [0, 1] -> the network's input (also the frozen-branch embedding's, models/backbones.py)."""
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="area")
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        return F.log_softmax(self.net(x), dim=1)
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(self.prepare(x)), dim=1)
 
 
 @CLASSIFIERS.register("swin_t", args=SwinArgs, summary="Swin-T (timm), 224x224 area-resampled, grey stacked to 3 channels; scratch or local ImageNet weights")

@@ -18,14 +18,12 @@ Writes <out>/memorisation.csv and memorisation.md, and each run's metrics.json u
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
-import torch
-
 from breastgan.data.base import build_dataset
 from breastgan.evaluation import evaluate
+from breastgan.training.sweep import csv_text, markdown_table
 from breastgan.utils.atomic import write_text_atomic
 
 COLUMNS = ["sweep", "run", "KID held-out", "KID held-out 95% CI", "nn_ratio_pixel", "nn_ratio_ssim", "nn_ratio_feature",
@@ -41,7 +39,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     spec = {"path": str(a.data), "where": {"label": [a.label]}}
     train = build_dataset("prepared", {**spec, "split": "train"})
@@ -62,22 +59,9 @@ def main() -> None:
                 "n train": m["near_copy_fraction"]["n"]["train"], "n held-out": m["near_copy_fraction"]["n"]["reference"],
             })
             print(rows[-1], flush=True)
-    buf_rows = [{c: r.get(c, "") for c in COLUMNS} for r in rows]
     a.out.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(buf_rows)
-    write_text_atomic(a.out / "memorisation.csv", buf.getvalue())
-
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in buf_rows]
-    write_text_atomic(a.out / "memorisation.md", "\n".join(md) + "\n")
+    write_text_atomic(a.out / "memorisation.csv", csv_text(COLUMNS, rows))
+    write_text_atomic(a.out / "memorisation.md", markdown_table(COLUMNS, rows))
 
 
 if __name__ == "__main__":

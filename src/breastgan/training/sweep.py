@@ -65,6 +65,8 @@ TABLE_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# metrics.json names that fill the seed's columns; any other metric gets a column of its own
+SEED_METRIC_KEYS = frozenset(k for _, keys in TABLE_COLUMNS for k in keys)
 # the results table's own columns; axis names may not take them
 RESERVED_COLUMNS = frozenset({"run", "seed", "status", "steps", "epochs", "train_s", "KID std", *(c for c, _ in TABLE_COLUMNS)})
 
@@ -378,7 +380,8 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.yaml", yaml.safe_dump({**cfg.model_dump(mode="json"), "base": str(base)}, sort_keys=False))
     real = cfg.evaluate.real or {"dataset": base_cfg.data.source.component, **base_cfg.data.source.args}
-    check_not_stale(out, runs, resolved, cfg.evaluate.model_dump(mode="json"), real)
+    evaluate_spec = cfg.evaluate.model_dump(mode="json")
+    check_not_stale(out, runs, resolved, evaluate_spec, real)
     n_workers = default_workers(cfg, len(runs))
     extra = f" + {len(cfg.extra_runs)} extra" if cfg.extra_runs else ""
     echo(f"sweep {cfg.name}: {len(runs)} runs ({' x '.join(f'{k}[{len(v)}]' for k, v in cfg.axes.items()) or 'no axes'} x seeds {cfg.seeds}{extra}), "
@@ -410,7 +413,7 @@ def run_sweep(cfg: SweepConfig, here: Path, *, echo: Callable[[str], None] = pri
                 job = {"id": r.id, "labels": r.labels, "base": str(bases[r.id]), "overrides": r.overrides, "config": resolved[r.id],
                        "threads": cfg.threads_per_worker,
                        "run_dir": str(out / "runs" / r.id), "result": str(out / "results" / f"{r.id}.json"),
-                       "eval_dir": str(out / "eval" / r.id), "evaluate": cfg.evaluate.model_dump(mode="json"), "real": real}
+                       "eval_dir": str(out / "eval" / r.id), "evaluate": evaluate_spec, "real": real}
                 job_path = out / "jobs" / f"{r.id}.json"
                 write_json_atomic(job_path, job)
                 resuming = (out / "runs" / r.id / "config.yaml").is_file()
@@ -486,11 +489,10 @@ def table_rows(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> tuple[list[s
             row[col] = _lookup(vals, keys)
         # the seed reports KID as mean +- std over subsets
         row["KID std"] = res.get("metrics", {}).get("details", {}).get("kid", {}).get("std_over_subsets")
-        seed_keys = {k for _, keys in TABLE_COLUMNS for k in keys}
         for k, v in vals.items():
             if "@" in k:
                 col = f"KID ({k.split('@', 1)[1]})" if k.startswith("kid@") else k
-            elif k not in seed_keys:
+            elif k not in SEED_METRIC_KEYS:
                 col = k  # any other metric the sweep asked for (e.g. memorisation's nn_ratio_pixel): its own column, never dropped
             else:
                 continue
@@ -651,24 +653,25 @@ def html_section(cfg: SweepConfig, columns: list[str], rows: list[dict[str, Any]
     return "\n".join(parts)
 
 
-def summarise(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> SweepResult:
-    """results.csv, results.md, curves.png/.csv/.md, report_section.html (+ report.html wrapping it) from the result files."""
-    columns, rows = table_rows(cfg, out, runs)
+def csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """CSV of ``rows`` in ``columns`` order; a missing or None value is an empty cell."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-    write_text_atomic(out / "results.csv", buf.getvalue())
+    return buf.getvalue()
+
+
+def summarise(cfg: SweepConfig, out: Path, runs: list[RunSpec]) -> SweepResult:
+    """results.csv, results.md, curves.png/.csv/.md, report_section.html (+ report.html wrapping it) from the result files."""
+    columns, rows = table_rows(cfg, out, runs)
+    write_text_atomic(out / "results.csv", csv_text(columns, rows))
     write_text_atomic(out / "results.md", markdown_table(columns, rows))
     curves = read_curves(out, runs, cfg.curves)
     figure = curves_figure(curves, out / "curves.png")
     points = curve_rows(curves)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["metric", "run", "epoch", "value"])
-    w.writeheader()
-    w.writerows(points)
-    write_text_atomic(out / "curves.csv", buf.getvalue())
+    write_text_atomic(out / "curves.csv", csv_text(["metric", "run", "epoch", "value"], points))
     write_text_atomic(out / "curves.md", curves_markdown(curves))
     grids = {}
     for r in runs:

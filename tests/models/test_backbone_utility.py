@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
 
-from breastgan.losses.gradient_penalty import gradient_penalty
 from breastgan.models import DISCRIMINATORS
 from breastgan.models.backbones import UtilityClassifierBranch, build_backbone
 from breastgan.utility.classifiers import CLASSIFIERS, build_cnn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # critic_steps.py: the frozen-branch training helper
+from critic_steps import train_critic  # noqa: E402
 
 TINY_CNN = {"channels": [4, 8, 8, 8], "hidden": 16}
 
@@ -85,12 +89,7 @@ def test_frozen_in_dgan_wp_tl_steps_and_input_gradient(tmp_path):
     assert not D.branch.training and all(not m.training for m in D.branch.modules()) and D.custom.training
     assert all(not p.requires_grad for p in D.branch.parameters())
     real, fake = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
-    opt = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        loss = D(fake).mean() - D(real).mean() + 10 * gradient_penalty(D, real, fake, torch.rand(2, 1, 1, 1))
-        loss.backward()
-        opt.step()
+    loss = train_critic(D, real, fake, 3)
     assert torch.isfinite(loss)
     assert all(p.grad is None for p in D.branch.parameters())
     assert all(torch.equal(before[k], v) for k, v in D.branch.state_dict().items())  # bit-identical, running stats included

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from breastgan.losses.gradient_penalty import gradient_penalty
 from breastgan.losses.perceptual import PerceptualTerm, feature_statistics_distance
 from breastgan.losses.terms import TermInputs
 from breastgan.models import DISCRIMINATORS, GENERATORS
 from breastgan.models.backbones import (VGG19Branch, build_backbone, efficientnet_lite0_wheel_file, export_classifier_features,
                                         load_state_dict_file, map_lite0_state_dict)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # critic_steps.py: the frozen-branch training helper
+from critic_steps import train_critic  # noqa: E402
 
 RANDOM_LITE = {"name": "efficientnet_lite0", "weights": "random"}
 
@@ -51,12 +55,7 @@ def test_frozen_branch_no_param_grad_eval_mode_and_input_gradient():
     assert not D.branch.training and all(not m.training for m in D.branch.modules())
     assert D.custom.training
     real, fake = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
-    opt = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(2):
-        opt.zero_grad()
-        loss = D(fake).mean() - D(real).mean() + 10 * gradient_penalty(D, real, fake, torch.rand(2, 1, 1, 1))
-        loss.backward()
-        opt.step()
+    train_critic(D, real, fake, 2)
     assert all(p.grad is None for p in D.branch.parameters())
     assert all(torch.equal(before[k], v) for k, v in D.branch.state_dict().items())  # bit-identical, running stats included
     # the penalty needs d D / d x through the branch: non-zero, and the branch alone gives one too

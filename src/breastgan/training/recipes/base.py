@@ -201,6 +201,21 @@ class Recipe(ABC):
         return {}
 
 
+@torch.no_grad()
+def render_in_eval(G: nn.Module, inputs: torch.Tensor, device: torch.device | str, batch: int = 16) -> torch.Tensor:
+    """``G`` on ``inputs`` (model range) in eval mode, ``batch`` at a time: (n, C, H, W) float32 in [0, 1] on the CPU.
+
+    Eval mode because the sample grid and in-training metrics must not see training-only behaviour (pix2pix /
+    dm-GAN dropout, batch statistics); ``G``'s own mode is restored afterwards.
+    """
+    was = G.training
+    G.eval()
+    try:
+        return torch.cat([((G(inputs[i : i + batch].to(device)).float().clamp(-1, 1) + 1) / 2).cpu() for i in range(0, inputs.shape[0], batch)])
+    finally:
+        G.train(was)
+
+
 class GeneratorDiscriminatorPair:
     """Declarations shared by recipes that train one ``generator`` against one ``discriminator``:
     an EMA copy of the generator (``train.ema.decay``), both DDP-wrapped, one Adam each

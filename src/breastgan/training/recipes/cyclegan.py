@@ -47,7 +47,7 @@ from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.augment import random_flips
 from breastgan.training.image_pool import ImagePool
-from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec
+from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec, render_in_eval
 
 TRANSLATION_TAG = "translation"
 
@@ -274,15 +274,8 @@ class CycleGANRecipe(Recipe):
             return ds.get_batch(idx)[0].float()
         return torch.stack([ds[int(i)][0] for i in idx]).float()
 
-    @torch.no_grad()
     def _apply(self, G: nn.Module, x01: torch.Tensor, batch: int = 16) -> torch.Tensor:
-        was = G.training
-        G.eval()
-        try:
-            out = [((G(x01[i : i + batch].to(self.env.device) * 2 - 1).float().clamp(-1, 1) + 1) / 2).cpu() for i in range(0, x01.shape[0], batch)]
-        finally:
-            G.train(was)
-        return torch.cat(out)
+        return render_in_eval(G, x01 * 2 - 1, self.env.device, batch)
 
     def synthesize(self, modules, n: int, seed: int) -> torch.Tensor:
         """A -> B translations of ``n`` domain-A images chosen by ``seed`` (compared with domain B in training metrics)."""

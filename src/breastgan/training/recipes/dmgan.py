@@ -43,7 +43,7 @@ from breastgan.models.dmgan import DmGANArgs, DmGANGenerator
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS, resolve_args
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.logger import get_logger
-from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, StepOutput, StreamSpec
+from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, StepOutput, StreamSpec, render_in_eval
 from breastgan.training.recipes.gan import to_model_range
 from breastgan.training.sites.combine import renormalise, weighted_backward
 from breastgan.training.sites.remote import SitesOptions
@@ -327,8 +327,8 @@ class DmGANRecipe(Recipe):
         opt.zero_grad(set_to_none=True)
         if self.args.recon_weight and codes is not None:
             with torch.no_grad():
-                inverted = torch.stack([G.g1(codes.codes[g], codes.alphas[g]) for g in picked])
-            recon = F.l1_loss(fake, inverted)
+                target = torch.stack([G.g1(codes.codes[g], codes.alphas[g]) for g in picked])
+            recon = F.l1_loss(fake, target)
             out["recon_l1"] = recon.detach()
             # the adversarial part through its returned gradients (a surrogate with the same gradient) plus the L1 term
             surrogate = sum(p * (fake[j] * grads[j]).sum() for j, p in enumerate(pi))
@@ -403,17 +403,10 @@ class DmGANRecipe(Recipe):
         return out
 
     # -- outputs --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def synthesize(self, modules, n: int, seed: int) -> torch.Tensor:
         G = modules["generator"]
-        was = G.training
-        G.eval()  # G2's dropout is for training only
-        try:
-            z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(seed))
-            out = [((G(z[i : i + 16].to(self.env.device)).float().clamp(-1, 1) + 1) / 2).cpu() for i in range(0, n, 16)]
-        finally:
-            G.train(was)
-        return torch.cat(out)
+        z = torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(seed))
+        return render_in_eval(G, z, self.env.device)  # G2's dropout is for training only
 
     def model_file(self, arch_args) -> ModelFile:
         G_args = arch_args["generator"][1]

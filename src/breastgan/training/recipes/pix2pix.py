@@ -31,7 +31,7 @@ from breastgan.losses.translation_terms import Pix2PixL1Term
 from breastgan.models.registry import DISCRIMINATORS, GENERATORS
 from breastgan.run_dir import ComponentSpec, ModelFile
 from breastgan.training.augment import random_flips
-from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec
+from breastgan.training.recipes.base import RECIPES, OptimizerSpec, Recipe, RecipeArgs, SchedulerSpec, StepOutput, StreamSpec, render_in_eval
 from breastgan.training.recipes.cyclegan import init_normal, random_crops, step_lambda, translator_size_multiple, translator_spec
 
 
@@ -142,15 +142,8 @@ class Pix2PixRecipe(Recipe):
         idx = torch.randint(0, len(ds), (n,), generator=g) if n > len(ds) else torch.randperm(len(ds), generator=g)[:n]
         return ds.get_batch(idx)[0].float()
 
-    @torch.no_grad()
     def _apply(self, G: nn.Module, a01: torch.Tensor, batch: int = 16) -> torch.Tensor:
-        was = G.training
-        G.eval()
-        try:
-            return torch.cat([((G(a01[i : i + batch].to(self.env.device) * 2 - 1).float().clamp(-1, 1) + 1) / 2).cpu()
-                              for i in range(0, a01.shape[0], batch)])
-        finally:
-            G.train(was)
+        return render_in_eval(G, a01 * 2 - 1, self.env.device, batch)
 
     def synthesize(self, modules, n: int, seed: int) -> torch.Tensor:
         return self._apply(modules["g_ab"], self._pairs(n, seed)[:, : self.channels])
